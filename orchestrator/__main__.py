@@ -1,0 +1,5 @@
+"""Allow ``python -m orchestrator``."""
+
+from orchestrator import cli
+
+raise SystemExit(cli.main())

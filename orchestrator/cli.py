@@ -1,0 +1,165 @@
+"""The ``orchestrator`` command: parse arguments, call the library, print results, return an exit code.
+
+No logic lives here beyond choosing what to call and how to print it. Exit codes (DESIGN.md): 0 done,
+1 something failed, 2 bad input or usage. Human output goes to stdout, errors to stderr; ``--json`` prints one
+JSON document on stdout in every case, errors included, so scripts never parse prose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestrator import __version__, config, db, logs, model, tenants
+from orchestrator.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    BadInputError,
+    ConfigError,
+    OrchestratorError,
+)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    logs.configure()
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        return _report_config_error(args, exc)
+    except OrchestratorError as exc:
+        _emit_error(args, str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=Path(os.environ.get("ORCHESTRATOR_CONFIG", "config")),
+                        help="manifest directory (env ORCHESTRATOR_CONFIG; default ./config)")
+    common.add_argument("--root", type=Path, default=Path(os.environ.get("ORCHESTRATOR_ROOT", ".")),
+                        help="directory the Repo paths are relative to (env ORCHESTRATOR_ROOT; default .)")
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    parser = argparse.ArgumentParser(prog="orchestrator", description="Keep PostgreSQL schemas in line with YAML.")
+    parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    validate = sub.add_parser("validate", parents=[common], help="load and validate the manifests")
+    validate.set_defaults(handler=cmd_validate)
+
+    tenants_cmd = sub.add_parser("tenants", parents=[common], help="print what each repo's tenant source returns")
+    tenants_cmd.add_argument("--repo", help="only this repo")
+    tenants_cmd.set_defaults(handler=cmd_tenants)
+    return parser
+
+
+# -- commands ------------------------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    if args.json:
+        _print_json({"valid": True, "problems": [], "repos": [_repo_summary(cfg, r) for r in cfg.repos]})
+        return EXIT_OK
+    tenant_tables = sum(1 for t in cfg.tables if t.is_tenant)
+    print(f"OK: {len(cfg.repos)} repo{'s' if len(cfg.repos) != 1 else ''}, {len(cfg.tables)} tables "
+          f"({len(cfg.tables) - tenant_tables} global, {tenant_tables} per tenant) in {args.config}")
+    for repo in cfg.repos:
+        tables = ", ".join(t.key for t in cfg.tables_of(repo.name)) or "no tables"
+        print(f"  {repo.name}: {tables}")
+    return EXIT_OK
+
+
+def cmd_tenants(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    repos = _select_repos(cfg, args.repo)
+    listed = [tenants.list_tenants(r, _connection_for(r, args.root)) for r in repos if r.tenants]
+    skipped = [r.name for r in repos if r.tenants is None]
+    if args.repo and skipped:
+        raise BadInputError(f"repo {args.repo!r} has no tenants source (spec.tenants)")
+    if args.json:
+        _print_json({"repos": [t.as_dict() for t in listed], "without_tenants": skipped})
+    else:
+        _print_tenants(listed, skipped)
+    return EXIT_FAILED if any(t.invalid for t in listed) else EXIT_OK
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+
+
+def _select_repos(cfg: model.Config, name: str | None) -> tuple[model.Repo, ...]:
+    if name is None:
+        return cfg.repos
+    repo = cfg.repo(name)
+    if repo is None:
+        known = ", ".join(r.name for r in cfg.repos)
+        raise BadInputError(f"unknown repo {name!r} (known: {known})")
+    return (repo,)
+
+
+def _connection_for(repo: model.Repo, root: Path) -> Any:
+    if repo.tenants is None or repo.tenants.kind == "static":
+        return None
+    return db.connect(repo, root)
+
+
+def _print_tenants(listed: list[tenants.TenantList], skipped: list[str]) -> None:
+    for result in listed:
+        count = len(result.tenants)
+        print(f"{result.repo} ({result.source}): {count} tenant{'s' if count != 1 else ''}")
+        for name in result.tenants:
+            print(f"  {name}")
+        if result.note:
+            print(f"  note: {result.note}")
+        for name in result.invalid:
+            print(f"{result.repo}: rejected tenant name {name!r}: not a valid schema name", file=sys.stderr)
+    for name in skipped:
+        print(f"{name}: no tenants source")
+
+
+def _repo_summary(cfg: model.Config, repo: model.Repo) -> dict[str, Any]:
+    return {
+        "name": repo.name,
+        "database": "embedded" if repo.embedded else "url",
+        "tenants": repo.tenants.kind if repo.tenants else None,
+        "tables": [{"resource": t.resource, "table": t.key, "tenant": t.is_tenant, "hash": t.content_hash()}
+                   for t in cfg.tables_of(repo.name)],
+    }
+
+
+def _report_config_error(args: argparse.Namespace, exc: ConfigError) -> int:
+    if getattr(args, "json", False):
+        _print_json({"valid": False, "problems": [p.as_dict() for p in exc.problems]})
+    else:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{exc}; nothing was written or applied", file=sys.stderr)
+    return exc.exit_code
+
+
+def _emit_error(args: argparse.Namespace, message: str) -> None:
+    if getattr(args, "json", False):
+        _print_json({"error": message})
+    else:
+        print(f"error: {message}", file=sys.stderr)
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")

@@ -1,0 +1,66 @@
+"""The embedded PostgreSQL a repo uses when it has no URL: ``pgserver``'s bundled server, data under
+``<root>/.orchestrator/pgdata``, one database per repo.
+
+It is started on demand and left running (``cleanup_mode=None``) so the next command reuses it instead of
+paying a start-up each time; PostgreSQL's own postmaster.pid keeps two processes from starting it twice, and
+pgserver's file lock serialises the start itself. ``make clean`` removes it with the rest of ``.orchestrator/``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from orchestrator.errors import DatabaseError
+
+_servers: dict[Path, Any] = {}
+
+
+def data_dir(root: Path) -> Path:
+    return root / ".orchestrator" / "pgdata"
+
+
+def server(root: Path) -> Any:
+    """Return the running embedded server for ``root``, starting it (and running initdb) if needed."""
+    path = data_dir(root).resolve()
+    if path not in _servers:
+        import pgserver  # imported here: starting the CLI must not pay for it
+
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (containers)
+                warnings.simplefilter("ignore")
+                _servers[path] = pgserver.get_server(path, cleanup_mode=None)
+        except Exception as exc:  # pgserver raises plain exceptions with the server's output
+            raise DatabaseError(f"cannot start the embedded PostgreSQL in {path}: {exc}") from exc
+    return _servers[path]
+
+
+def database_url(root: Path, database: str) -> str:
+    """Return a connection URL for ``database`` on the embedded server, creating the database if missing."""
+    srv = server(root)
+    with psycopg.connect(srv.get_uri("postgres"), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if not exists:
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+            except psycopg.errors.DuplicateDatabase:
+                pass  # another process created it first
+    return str(srv.get_uri(database))
+
+
+def stop(root: Path) -> bool:
+    """Stop the embedded server of ``root`` if it runs; return whether one was stopped."""
+    path = data_dir(root).resolve()
+    if not (path / "postmaster.pid").exists():
+        return False
+    from pgserver._commands import pg_ctl
+
+    srv = server(root)
+    pg_ctl(["-w", "stop"], pgdata=path, user=srv.system_user)
+    _servers.pop(path, None)
+    return True

@@ -1,0 +1,610 @@
+"""Turn schema-valid documents into the model, checking everything a JSON Schema cannot express.
+
+The checks here need more than one field or more than one document: unknown repos and reference targets,
+duplicate names, primary keys that disagree, columns named by identities and indexes, a global table pointing
+at a tenant table, types, derived names PostgreSQL would truncate. Every check records a located Problem and
+carries on, so the user sees every error at once; the model is returned only when there are none.
+
+Building runs in two passes: tables first (each on its own), then references, which need every table.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
+
+from orchestrator import durations, model, pgtypes
+from orchestrator.errors import Problem
+from orchestrator.manifests import schema
+from orchestrator.manifests.loader import Document, Path_
+
+MAX_NAME_BYTES = 63
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
+_NUMERIC = frozenset({"numeric", "real", "double precision"})
+_SERIAL = {"serial": "integer", "bigserial": "bigint", "smallserial": "smallint"}
+
+
+@dataclass
+class _Draft:
+    """A table from pass 1, with its document and raw references for pass 2."""
+
+    doc: Document
+    table: model.Table
+    references: dict[str, tuple[Path_, dict[str, Any]]] = field(default_factory=dict)
+
+
+def build(documents: Iterable[Document]) -> tuple[model.Config | None, list[Problem]]:
+    """Return the model of every document (None if anything is wrong) and every problem found."""
+    problems: list[Problem] = []
+    by_kind: dict[str, list[Document]] = {"Repo": [], "Resource": []}
+    invalid: set[str] = set()  # names of documents with errors: no follow-up "unknown repo/resource"
+    for doc in documents:
+        found = schema.check(doc)
+        problems.extend(found)
+        if not found:
+            by_kind[doc.data["kind"]].append(doc)
+        else:
+            invalid.add(_name_of(doc))
+    repos = _unique(by_kind["Repo"], "repo", problems)
+    resources = _unique(by_kind["Resource"], "resource", problems)
+    built_repos = {name: _repo(doc, problems) for name, doc in repos.items()}
+    drafts = [_TableBuilder(doc, built_repos, invalid, problems).build() for doc in resources.values()]
+    tables = _References(drafts, invalid, problems).resolve()
+    tables = _merge_duplicates(tables, drafts, problems)
+    _check_names(tables, drafts, problems)
+    if problems:
+        return None, problems
+    return model.Config(
+        repos=tuple(sorted(built_repos.values(), key=lambda r: r.name)),
+        tables=tuple(sorted(tables, key=lambda t: (t.repo, t.key))),
+    ), []
+
+
+def _name_of(doc: Document) -> str:
+    data = doc.data if isinstance(doc.data, dict) else {}
+    metadata = data.get("metadata")
+    return str(metadata.get("name")) if isinstance(metadata, dict) else ""
+
+
+def _unique(docs: list[Document], what: str, problems: list[Problem]) -> dict[str, Document]:
+    seen: dict[str, Document] = {}
+    for doc in docs:
+        name = doc.data["metadata"]["name"]
+        if name in seen:
+            first = seen[name]
+            line = first.locate(("metadata", "name"))[0]
+            problems.append(doc.problem(("metadata", "name"),
+                                        f"duplicate {what} name {name!r} (first defined at {first.display}:{line})"))
+        else:
+            seen[name] = doc
+    return seen
+
+
+def _source(doc: Document) -> model.Source:
+    return model.Source(doc.display, doc.locate(())[0])
+
+
+# -- Repo ----------------------------------------------------------------------------------------------------
+
+
+def _repo(doc: Document, problems: list[Problem]) -> model.Repo:
+    name = doc.data["metadata"]["name"]
+    spec: dict[str, Any] = doc.data["spec"]
+    if "url" in spec and "urlFile" in spec:
+        problems.append(doc.problem(("spec", "urlFile"), "give url or urlFile, not both"))
+    if isinstance(spec.get("url"), str):
+        leftover = _INTERPOLATION.sub("", spec["url"])
+        if "${" in leftover:
+            problems.append(doc.problem(("spec", "url"), "malformed ${...}: write ${VAR} or ${VAR:-default}"))
+    timeouts = spec.get("timeouts", {})
+    retry = spec.get("retry", {})
+    built = model.Repo(
+        name=name,
+        url=spec.get("url"),
+        url_file=spec.get("urlFile"),
+        migrations_path=spec.get("migrationsPath", f"priv/{name}/migrations"),
+        tenant_migrations_path=spec.get("tenantMigrationsPath", f"priv/{name}/tenant_migrations"),
+        snapshots_path=spec.get("snapshotsPath", f"priv/resource_snapshots/{name}"),
+        extensions=tuple(spec.get("extensions", ())),
+        tenants=_tenant_source(doc, spec.get("tenants"), problems),
+        rollout=model.Rollout(
+            concurrency=spec.get("rollout", {}).get("concurrency", 4),
+            canary=tuple(spec.get("rollout", {}).get("canary", ())),
+            max_failures=spec.get("rollout", {}).get("maxFailures"),
+        ),
+        timeouts=model.Timeouts(
+            lock_timeout_ms=_ms(timeouts, "lockTimeout", model.Timeouts.lock_timeout_ms),
+            statement_timeout_ms=_ms(timeouts, "statementTimeout", model.Timeouts.statement_timeout_ms),
+            lock_wait_ms=_ms(timeouts, "lockWait", model.Timeouts.lock_wait_ms),
+        ),
+        retry=model.Retry(
+            attempts=retry.get("attempts", model.Retry.attempts),
+            initial_delay_ms=_ms(retry, "initialDelay", model.Retry.initial_delay_ms),
+            max_delay_ms=_ms(retry, "maxDelay", model.Retry.max_delay_ms),
+        ),
+        allow_destructive=spec.get("allowDestructive", False),
+        source=_source(doc),
+    )
+    if built.retry.initial_delay_ms > built.retry.max_delay_ms:
+        problems.append(doc.problem(("spec", "retry", "maxDelay"), "maxDelay is shorter than initialDelay"))
+    if built.tenants and built.tenants.kind == "static":
+        for i, canary in enumerate(built.rollout.canary):
+            if canary not in built.tenants.static:
+                problems.append(doc.problem(("spec", "rollout", "canary", i),
+                                            f"canary {canary!r} is not one of the static tenants"))
+    return built
+
+
+def _ms(data: dict[str, Any], key: str, default: int) -> int:
+    return durations.parse_ms(data[key]) if key in data else default
+
+
+def _tenant_source(doc: Document, raw: dict[str, Any] | None, problems: list[Problem]) -> model.TenantSource | None:
+    if raw is None:
+        return None
+    given = [k for k in ("query", "static", "schemaPattern") if k in raw]
+    if len(given) != 1:
+        where = ("spec", "tenants", given[1]) if given else ("spec", "tenants")
+        found = f"found {' and '.join(given)}" if given else "found none"
+        problems.append(doc.problem(where, f"give exactly one tenant source: query, static or schemaPattern ({found})"))
+        return None
+    return model.TenantSource(
+        kind=cast(model.TenantKind, given[0]),
+        query=raw.get("query"),
+        static=tuple(raw.get("static", ())),
+        schema_pattern=raw.get("schemaPattern"),
+        create_schemas=raw.get("createSchemas", False),
+    )
+
+
+# -- Table, pass 1 -------------------------------------------------------------------------------------------
+
+
+class _TableBuilder:
+    """Build one resource's table; every problem is located in its document."""
+
+    def __init__(self, doc: Document, repos: dict[str, model.Repo], invalid: set[str],
+                 problems: list[Problem]) -> None:
+        self.doc = doc
+        self.invalid = invalid
+        self.spec: dict[str, Any] = doc.data["spec"]
+        self.table_name: str = self.spec["table"]
+        self.repos = repos
+        self.problems = problems
+        self.references: dict[str, tuple[Path_, dict[str, Any]]] = {}
+
+    def problem(self, path: Path_, message: str) -> None:
+        self.problems.append(self.doc.problem(("spec", *path), message))
+
+    def build(self) -> _Draft:
+        spec = self.spec
+        multitenancy = self._multitenancy()
+        self._check_repo(multitenancy)
+        attributes = self._attributes()
+        columns = {a.name for a in attributes}
+        primary_key = self._primary_key(attributes, columns)
+        attributes = tuple(
+            replace(a, allow_null=False, primary_key=True) if a.name in primary_key else a for a in attributes
+        )
+        tenant_column = multitenancy.attribute if multitenancy.strategy == "attribute" else None
+        table = model.Table(
+            resource=self.doc.data["metadata"]["name"],
+            repo=spec["repo"],
+            name=self.table_name,
+            schema=None if multitenancy.strategy == "context" else spec.get("schema", "public"),
+            attributes=attributes,
+            primary_key=primary_key,
+            multitenancy=multitenancy,
+            renamed_from=spec.get("renamedFrom"),
+            identities=self._identities(columns, tenant_column),
+            indexes=self._indexes(columns, tenant_column),
+            check_constraints=tuple(model.CheckConstraint(c["name"], c["check"]) for c in spec.get("checkConstraints", ())),
+            statements=self._statements(),
+            source=_source(self.doc),
+        )
+        self._unique_names("checkConstraints", "check constraint")
+        return _Draft(self.doc, table, self.references)
+
+    def _multitenancy(self) -> model.Multitenancy:
+        raw = self.spec.get("multitenancy")
+        if raw is None:
+            return model.Multitenancy()
+        strategy = raw["strategy"]
+        if strategy == "attribute" and "attribute" not in raw:
+            self.problem(("multitenancy",), "strategy attribute needs attribute: the tenant column")
+        if strategy == "context" and "attribute" in raw:
+            self.problem(("multitenancy", "attribute"), "attribute is only for strategy attribute")
+        if strategy == "context" and "schema" in self.spec:
+            self.problem(("schema",), "a context (per-tenant) table lives in each tenant's schema; remove schema")
+        return model.Multitenancy(strategy, raw.get("attribute") if strategy == "attribute" else None)
+
+    def _check_repo(self, multitenancy: model.Multitenancy) -> None:
+        name = self.spec["repo"]
+        repo = self.repos.get(name)
+        if repo is None and name in self.invalid:
+            return  # the repo's own document has errors, reported there
+        if repo is None:
+            self.problem(("repo",), f"unknown repo {name!r}{_did_you_mean(name, self.repos)}")
+        elif multitenancy.strategy == "context" and repo.tenants is None:
+            self.problem(("multitenancy", "strategy"),
+                         f"repo {name!r} has no tenants source, so context tables could never be rolled out")
+
+    def _attributes(self) -> tuple[model.Attribute, ...]:
+        seen: dict[str, int] = {}
+        built = []
+        for i, raw in enumerate(self.spec["attributes"]):
+            name = raw["name"]
+            if name in seen:
+                line = self.doc.locate(("spec", "attributes", seen[name], "name"))[0]
+                self.problem(("attributes", i, "name"), f"duplicate column {name!r} (first defined on line {line})")
+                continue
+            seen[name] = i
+            built.append(self._attribute(i, raw))
+        names = set(seen)
+        for i, raw in enumerate(self.spec["attributes"]):
+            if raw.get("renamedFrom") in names and raw.get("renamedFrom") != raw["name"]:
+                self.problem((*("attributes", i), "renamedFrom"),
+                             f"renamedFrom names {raw['renamedFrom']!r}, which is still a column of this table")
+        return tuple(built)
+
+    def _attribute(self, i: int, raw: dict[str, Any]) -> model.Attribute:
+        path: Path_ = ("attributes", i)
+        try:
+            type_ = pgtypes.normalise(raw["type"])
+        except ValueError as exc:
+            self.problem((*path, "type"), str(exc))
+            type_ = "text"
+        if "default" in raw and "defaultSql" in raw:
+            self.problem((*path, "defaultSql"), "give default or defaultSql, not both")
+        if "default" in raw:
+            self._check_default(path, type_, raw["default"])
+        if "generated" in raw:
+            if pgtypes.base_type(type_) not in pgtypes.INTEGER_TYPES or type_.endswith("[]"):
+                self.problem((*path, "generated"), f"identity columns must be smallint, integer or bigint, not {type_}")
+            if "default" in raw or "defaultSql" in raw:
+                self.problem((*path, "generated"), "an identity column cannot also have a default")
+        if raw.get("primaryKey") and raw.get("allowNull") is True:
+            self.problem((*path, "allowNull"), "a primary-key column cannot allow NULL")
+        if "references" in raw:
+            self.references[raw["name"]] = (("spec", *path, "references"), raw["references"])
+        return model.Attribute(
+            name=raw["name"],
+            type=type_,
+            allow_null=raw.get("allowNull", True),
+            primary_key=raw.get("primaryKey", False),
+            default=raw.get("default"),
+            default_sql=raw.get("defaultSql"),
+            generated=raw.get("generated"),
+            renamed_from=raw.get("renamedFrom"),
+        )
+
+    def _check_default(self, path: Path_, type_: str, value: Any) -> None:
+        base = pgtypes.base_type(type_)
+        if type_.endswith("[]"):
+            return
+        wrong = (
+            (base in pgtypes.INTEGER_TYPES and (isinstance(value, bool) or not isinstance(value, int)))
+            or (base in _NUMERIC and (isinstance(value, bool) or not isinstance(value, int | float)))
+            or (base == "boolean" and not isinstance(value, bool))
+        )
+        if wrong:
+            self.problem((*path, "default"), f"default {value!r} does not fit type {type_}; "
+                                             "use defaultSql for an SQL expression")
+
+    def _primary_key(self, attributes: tuple[model.Attribute, ...], columns: set[str]) -> tuple[str, ...]:
+        flagged = tuple(a.name for a in attributes if a.primary_key)
+        listed = tuple(self.spec.get("primaryKey", ()))
+        for i, column in enumerate(listed):
+            if column not in columns:
+                self.problem(("primaryKey", i), f"unknown column {column!r}{_did_you_mean(column, columns)}")
+        if listed and flagged and listed != flagged:
+            self.problem(("primaryKey",), f"primaryKey {list(listed)} disagrees with the attributes marked "
+                                          f"primaryKey: true {list(flagged)}; keep one definition")
+        pk = listed or flagged
+        if pk:
+            self._derived(("primaryKey",) if listed else ("attributes",), self.table_name, "pkey")
+        return pk
+
+    def _identities(self, columns: set[str], tenant: str | None) -> tuple[model.Identity, ...]:
+        built = []
+        self._unique_names("identities", "identity")
+        for i, raw in enumerate(self.spec.get("identities", ())):
+            for j, key in enumerate(raw["keys"]):
+                if key not in columns:
+                    self.problem(("identities", i, "keys", j), f"unknown column {key!r}{_did_you_mean(key, columns)}")
+            index_name = raw.get("indexName") or self._derived(("identities", i, "name"), self.table_name,
+                                                                raw["name"], "index")
+            built.append(model.Identity(
+                name=raw["name"],
+                keys=_tenant_first(tuple(raw["keys"]), tenant),
+                index_name=index_name,
+                where=raw.get("where"),
+                nulls_distinct=raw.get("nullsDistinct", True),
+            ))
+        return tuple(built)
+
+    def _indexes(self, columns: set[str], tenant: str | None) -> tuple[model.Index, ...]:
+        built = []
+        for i, raw in enumerate(self.spec.get("indexes", ())):
+            path: Path_ = ("indexes", i)
+            fields = tuple(str(f).strip() for f in raw["fields"])
+            for j, name in enumerate(fields):
+                if _IDENTIFIER.match(name) and name not in columns:
+                    self.problem((*path, "fields", j), f"unknown column {name!r}{_did_you_mean(name, columns)}")
+            for j, name in enumerate(raw.get("include", ())):
+                if name not in columns:
+                    self.problem((*path, "include", j), f"unknown column {name!r}{_did_you_mean(name, columns)}")
+            has_expression = any(not _IDENTIFIER.match(f) for f in fields)
+            if has_expression and "name" not in raw:
+                self.problem((*path, "fields"), "an index with an expression field needs a name")
+            if raw.get("nullsDistinct") is False and not raw.get("unique"):
+                self.problem((*path, "nullsDistinct"), "nullsDistinct applies to unique indexes only")
+            name = raw.get("name") or (
+                "" if has_expression else self._derived((*path, "fields"), self.table_name, *fields, "index")
+            )
+            built.append(model.Index(
+                name=name,
+                fields=_tenant_first(fields, tenant),
+                unique=raw.get("unique", False),
+                using=raw.get("using"),
+                where=raw.get("where"),
+                include=tuple(raw.get("include", ())),
+                nulls_distinct=raw.get("nullsDistinct", True),
+                concurrently=raw.get("concurrently", False),
+            ))
+        return tuple(built)
+
+    def _statements(self) -> tuple[model.Statement, ...]:
+        self._unique_names("statements", "statement")
+        return tuple(model.Statement(s["name"], s["up"], s["down"]) for s in self.spec.get("statements", ()))
+
+    def _unique_names(self, key: str, what: str) -> None:
+        seen: dict[str, int] = {}
+        for i, raw in enumerate(self.spec.get(key, ())):
+            if raw["name"] in seen:
+                self.problem((key, i, "name"), f"duplicate {what} name {raw['name']!r}")
+            seen.setdefault(raw["name"], i)
+
+    def _derived(self, path: Path_, *parts: str) -> str:
+        return _derived_name(self.doc, ("spec", *path), parts, self.problems)
+
+
+def _derived_name(doc: Document, path: Path_, parts: Iterable[str], problems: list[Problem]) -> str:
+    """Join ``parts`` into a default name; a name over 63 bytes is an error (PostgreSQL would truncate it)."""
+    name = "_".join(parts)
+    if len(name.encode()) > MAX_NAME_BYTES:
+        problems.append(doc.problem(path, f"the default name {name!r} is longer than {MAX_NAME_BYTES} bytes and "
+                                          "PostgreSQL would truncate it; give a shorter name explicitly"))
+    return name
+
+
+def _tenant_first(keys: tuple[str, ...], tenant: str | None) -> tuple[str, ...]:
+    """Put the tenant column first (attribute multitenancy), as AshPostgres does for identities and indexes."""
+    if tenant is None:
+        return keys
+    return (tenant, *(k for k in keys if k != tenant))
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# -- References, pass 2 --------------------------------------------------------------------------------------
+
+
+class _References:
+    """Resolve every reference now that all tables are known."""
+
+    def __init__(self, drafts: list[_Draft], invalid: set[str], problems: list[Problem]) -> None:
+        self.drafts = drafts
+        self.invalid = invalid
+        self.problems = problems
+        self.by_resource = {d.table.resource: d.table for d in drafts}
+        self.by_table = {(d.table.repo, d.table.schema, d.table.name): d.table for d in drafts}
+
+    def resolve(self) -> list[model.Table]:
+        tables = []
+        for draft in self.drafts:
+            attributes = []
+            for attribute in draft.table.attributes:
+                if attribute.name in draft.references:
+                    path, raw = draft.references[attribute.name]
+                    ref = self._reference(draft, attribute, path, raw)
+                    attribute = replace(attribute, references=ref)
+                attributes.append(attribute)
+            tables.append(replace(draft.table, attributes=tuple(attributes)))
+        return tables
+
+    def _reference(self, draft: _Draft, attribute: model.Attribute, path: Path_,
+                   raw: dict[str, Any]) -> model.Reference | None:
+        def problem(sub: Path_, message: str) -> None:
+            self.problems.append(draft.doc.problem((*path, *sub), message))
+
+        source = draft.table
+        target = self._target(source, raw, problem)
+        if target is None:
+            return None
+        if target.repo != source.repo:
+            problem((), f"{target.key} is in repo {target.repo!r}; a foreign key cannot cross databases")
+            return None
+        if target.is_tenant and not source.is_tenant:
+            problem((), f"global table {source.name!r} cannot reference tenant (context) table {target.name!r}")
+            return None
+        column = self._column(source, attribute, target, raw, problem)
+        if column is None:
+            return None
+        return model.Reference(
+            table=target.name,
+            schema=None if target.is_tenant else target.schema,
+            column=column,
+            name=raw.get("name") or _derived_name(draft.doc, path, (source.name, attribute.name, "fkey"),
+                                                  self.problems),
+            on_delete=self._action(source, attribute, raw, "onDelete", problem),
+            on_update=self._action(source, attribute, raw, "onUpdate", problem),
+            deferrable=_DEFERRABLE[raw.get("deferrable", False)],
+            match=raw.get("match", "simple"),
+            index=raw.get("index", False),
+            index_name=(_derived_name(draft.doc, (*path, "index"), (source.name, attribute.name, "index"),
+                                      self.problems) if raw.get("index") else None),
+        )
+
+    def _target(self, source: model.Table, raw: dict[str, Any], problem: Any) -> model.Table | None:
+        if ("resource" in raw) == ("table" in raw):
+            problem((), "name the target with resource (preferred) or table, exactly one of them")
+            return None
+        if "schema" in raw and "table" not in raw:
+            problem(("schema",), "schema goes with table; a resource already knows its schema")
+            return None
+        if "resource" in raw:
+            found = self.by_resource.get(raw["resource"])
+            if found is None and raw["resource"] not in self.invalid:
+                problem(("resource",), f"unknown resource {raw['resource']!r}"
+                                       f"{_did_you_mean(raw['resource'], self.by_resource)}")
+            return found
+        schema_name = raw.get("schema")
+        candidates = [(source.repo, schema_name or "public", raw["table"])]
+        if schema_name is None and source.is_tenant:
+            candidates.insert(0, (source.repo, None, raw["table"]))
+        for candidate in candidates:
+            if candidate in self.by_table:
+                return self.by_table[candidate]
+        shown = f"{schema_name}.{raw['table']}" if schema_name else raw["table"]
+        known = [t for (repo, _, t) in self.by_table if repo == source.repo]
+        problem(("table",), f"unknown table {shown!r} in repo {source.repo!r}{_did_you_mean(raw['table'], known)}")
+        return None
+
+    def _column(self, source: model.Table, attribute: model.Attribute, target: model.Table,
+                raw: dict[str, Any], problem: Any) -> str | None:
+        if "column" in raw:
+            column = str(raw["column"])
+        elif len(target.primary_key) == 1:
+            column = target.primary_key[0]
+        else:
+            problem((), f"{target.name!r} has no single-column primary key; name the referenced column")
+            return None
+        target_column = target.column(column)
+        if target_column is None:
+            names = [a.name for a in target.attributes]
+            problem(("column",), f"unknown column {column!r} in {target.name!r}{_did_you_mean(column, names)}")
+            return None
+        if not _is_unique(target, column):
+            problem(("column",), f"{target.name}.{column} is neither the primary key nor a unique identity; "
+                                 "PostgreSQL needs one of them to reference it")
+        if _comparable(attribute.type) != _comparable(target_column.type):
+            problem((), f"type {attribute.type} does not match {target.name}.{column} ({target_column.type})")
+        return column
+
+    def _action(self, source: model.Table, attribute: model.Attribute, raw: dict[str, Any], key: str,
+                problem: Any) -> model.Action | None:
+        value = raw.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            action = model.Action(cast(Any, value))
+        else:
+            kind, columns = next(iter(value.items()))
+            action = model.Action(kind, tuple(columns))
+            for i, column in enumerate(columns):
+                if source.column(column) is None:
+                    problem((key, kind, i), f"unknown column {column!r}")
+        nulled = action.columns or (attribute.name,)
+        if action.kind == "setNull":
+            for column in nulled:
+                found = source.column(column)
+                if found is not None and not found.allow_null:
+                    problem((key,), f"setNull on column {column!r}, which does not allow NULL")
+        return action
+
+
+_DEFERRABLE: dict[Any, model.Deferrable] = {
+    False: "no", True: "immediate", "initiallyImmediate": "immediate", "initiallyDeferred": "deferred",
+}
+
+
+def _is_unique(table: model.Table, column: str) -> bool:
+    if table.primary_key == (column,):
+        return True
+    identities = any(i.keys == (column,) and i.where is None for i in table.identities)
+    indexes = any(i.unique and i.fields == (column,) and i.where is None for i in table.indexes)
+    return identities or indexes
+
+
+def _comparable(type_: str) -> str:
+    base = pgtypes.base_type(type_)
+    return _SERIAL.get(base, base) + ("[]" if type_.endswith("[]") else "")
+
+
+# -- Whole-config checks -------------------------------------------------------------------------------------
+
+
+def _merge_duplicates(tables: list[model.Table], drafts: list[_Draft], problems: list[Problem]) -> list[model.Table]:
+    """Keep one table per (repo, schema, name): resources that agree are merged, others are an error."""
+    docs = {d.table.resource: d.doc for d in drafts}
+    kept: dict[tuple[str, str], model.Table] = {}
+    for table in tables:
+        first = kept.get((table.repo, table.key))
+        if first is None:
+            kept[(table.repo, table.key)] = table
+        elif first.canonical() != table.canonical():
+            problems.append(docs[table.resource].problem(
+                ("spec", "table"),
+                f"table {table.key} is also defined by resource {first.resource!r} ({first.source}), differently; "
+                "two resources on one table must agree",
+            ))
+    return list(kept.values())
+
+
+def _check_names(tables: list[model.Table], drafts: list[_Draft], problems: list[Problem]) -> None:
+    """Relation names (tables, indexes) must be unique per schema; constraint names per table."""
+    docs = {d.table.resource: d.doc for d in drafts}
+    relations: dict[tuple[str, str | None, str], str] = {
+        (t.repo, t.schema, t.name): f"table {t.name!r}" for t in tables
+    }
+    for table in tables:
+        doc = docs[table.resource]
+        constraints: set[str] = set()
+        own: set[tuple[str, str]] = set()
+        for name, what, path, is_relation in _names(table, doc):
+            if not name:  # an unnamed expression index: already reported
+                continue
+            if is_relation:
+                owner = relations.setdefault((table.repo, table.schema, name), f"{what} of table {table.name!r}")
+                if (owner.startswith("table") and name == table.name) or owner != f"{what} of table {table.name!r}":
+                    problems.append(doc.problem(path, f"name {name!r} is already used by {owner}"))
+                elif (name, "relation") in own:
+                    problems.append(doc.problem(path, f"name {name!r} is used twice in table {table.name!r}"))
+                own.add((name, "relation"))
+            elif name in constraints:
+                problems.append(doc.problem(path, f"constraint name {name!r} is used twice in {table.name!r}"))
+            else:
+                constraints.add(name)
+
+
+def _names(table: model.Table, doc: Document) -> list[tuple[str, str, Path_, bool]]:
+    """Return (name, what, where, is_relation) for every index and constraint the table creates."""
+    spec = doc.data["spec"]
+    column_index = {raw["name"]: i for i, raw in reversed(list(enumerate(spec["attributes"])))}
+    names: list[tuple[str, str, Path_, bool]] = []
+    if table.primary_key:
+        names.append((f"{table.name}_pkey", "primary key", ("spec", "table"), True))
+        names.append((f"{table.name}_pkey", "primary key", ("spec", "table"), False))
+    for i, identity in enumerate(table.identities):
+        names.append((identity.index_name, "identity index", ("spec", "identities", i), True))
+    for i, index in enumerate(table.indexes):
+        names.append((index.name, "index", ("spec", "indexes", i), True))
+    for attribute in table.attributes:
+        ref = attribute.references
+        if ref is None:
+            continue
+        path: Path_ = ("spec", "attributes", column_index[attribute.name], "references")
+        names.append((ref.name, "foreign key", path, False))
+        if ref.index_name:
+            names.append((ref.index_name, "foreign-key index", (*path, "index"), True))
+    for i, check in enumerate(table.check_constraints):
+        names.append((check.name, "check constraint", ("spec", "checkConstraints", i, "name"), False))
+    return names

@@ -1,0 +1,133 @@
+"""Check documents against the JSON Schemas in ``schemas/`` and turn each failure into a located Problem.
+
+The schemas are the single description of the manifest format: editors use them for completion, and we use
+them for the structural checks (types, required and unknown fields, enums, identifier and duration patterns).
+jsonschema's messages are written for programmers; ``_message`` rewrites the common ones for users, and a
+schema may carry ``x-error`` with the wording for its pattern (identifiers, durations).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import ValidationError, best_match
+
+from orchestrator.errors import Problem
+from orchestrator.manifests.loader import Document
+
+API_VERSION = "orchestrator/v1"
+KINDS = {"Repo": "repo.schema.json", "Resource": "resource.schema.json"}
+
+
+def schemas_dir() -> Path:
+    """Return the directory of the JSON Schemas: inside the installed package, else the source tree's."""
+    here = Path(__file__).resolve().parent.parent
+    packaged = here / "schemas"
+    return packaged if packaged.is_dir() else here.parent / "schemas"
+
+
+@cache
+def validator(kind: str) -> jsonschema.protocols.Validator:
+    schema = json.loads((schemas_dir() / KINDS[kind]).read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)  # type: ignore[no-any-return]
+
+
+def check(doc: Document) -> list[Problem]:
+    """Return the problems of one document; an empty list means it matches its kind's schema."""
+    data = doc.data
+    if not isinstance(data, dict):
+        return [doc.problem((), f"a manifest must be a mapping with apiVersion, kind, metadata and spec, "
+                                f"not {_json_type(data)}")]
+    kind = data.get("kind")
+    if kind not in KINDS:
+        known = " or ".join(KINDS)
+        if kind is None:
+            return [doc.problem((), f"missing required field 'kind' ({known})")]
+        return [doc.problem(("kind",), f"unknown kind {kind!r}; expected {known}")]
+    errors = sorted(validator(kind).iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    return [problem for error in errors for problem in _problems(doc, error)]
+
+
+def _problems(doc: Document, error: ValidationError) -> list[Problem]:
+    path = tuple(error.absolute_path)
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        return _problems(doc, best_match(error.context))
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = list(error.schema.get("properties", {}))
+        return [
+            doc.problem((*path, extra), _unknown_field(extra, allowed), key=True)
+            for extra in error.instance
+            if extra not in allowed
+        ]
+    if error.validator == "required":
+        missing = [name for name in error.validator_value if name not in error.instance]
+        return [doc.problem(path, f"missing required field {name!r}") for name in missing]
+    return [doc.problem(path, _message(error))]
+
+
+def _message(error: ValidationError) -> str:
+    value, schema, rule = error.instance, error.schema, error.validator
+    if "x-error" in schema and rule in ("pattern", "minLength", "maxLength"):
+        return f"{value!r} {schema['x-error']}"
+    if rule == "type":
+        expected = rule_value = error.validator_value
+        names = " or ".join(rule_value) if isinstance(rule_value, list) else expected
+        return f"expected {_article(str(names))}, got {_json_type(value)} {_short(value)}"
+    if rule == "enum":
+        choices = ", ".join(json.dumps(c) if not isinstance(c, str) else c for c in error.validator_value)
+        return f"{_short(value)} is not one of: {choices}{_suggest(value, error.validator_value)}"
+    if rule == "const":
+        return f"must be {error.validator_value!r}, not {_short(value)}"
+    if rule == "minItems":
+        return f"needs at least {error.validator_value} item{'s' if error.validator_value != 1 else ''}"
+    if rule == "uniqueItems":
+        return "lists the same item more than once"
+    if rule in ("minimum", "maximum"):
+        side = "at least" if rule == "minimum" else "at most"
+        return f"must be {side} {error.validator_value}, not {_short(value)}"
+    if rule == "minLength" and error.validator_value == 1:
+        return "must not be empty"
+    return error.message
+
+
+def _unknown_field(name: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(name, allowed, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(allowed)}"
+    return f"unknown field {name!r} ({hint})"
+
+
+def _suggest(value: Any, choices: list[Any]) -> str:
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [c for c in choices if isinstance(c, str)], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "sequence" if isinstance(value, list) else "mapping"
+
+
+def _article(names: str) -> str:
+    renamed = {"object": "mapping", "array": "sequence"}
+    names = " or ".join(renamed.get(n, n) for n in names.split(" or "))
+    return ("an " if names[0] in "aeiou" else "a ") + names
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, dict | list) else json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."

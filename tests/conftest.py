@@ -1,0 +1,80 @@
+"""Shared fixtures: a real PostgreSQL for every test that needs one, never a mock, never a skip.
+
+The server is the one named by ``ORCHESTRATOR_TEST_DATABASE_URL`` when set (CI sets it to the machine's
+PostgreSQL 15), else an embedded pgserver PostgreSQL 16 started once for the session in a temporary directory.
+Each test that asks for ``database_url`` gets a database of its own, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import conninfo, sql
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Return a URL for the maintenance database of the test server."""
+    url = os.environ.get("ORCHESTRATOR_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    import pgserver
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        srv = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield str(srv.get_uri("postgres"))
+    srv.cleanup()
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    params = conninfo.conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return conninfo.make_conninfo("", **params)
+
+
+@pytest.fixture
+def database_url(server_url: str) -> Iterator[str]:
+    """Return a URL for a fresh, empty database; drop it after the test."""
+    name = f"orch_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield with_dbname(server_url, name)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Result:
+    """Run ``python -m orchestrator`` in a subprocess, as a user would; return exit code and output."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
