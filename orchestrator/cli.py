@@ -50,10 +50,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=Path(os.environ.get("ORCHESTRATOR_CONFIG", "config")),
-                        help="manifest directory (env ORCHESTRATOR_CONFIG; default ./config)")
-    common.add_argument("--root", type=Path, default=Path(os.environ.get("ORCHESTRATOR_ROOT", ".")),
-                        help="directory the Repo paths are relative to (env ORCHESTRATOR_ROOT; default .)")
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("ORCHESTRATOR_CONFIG", "config")),
+        help="manifest directory (env ORCHESTRATOR_CONFIG; default ./config)",
+    )
+    common.add_argument(
+        "--root",
+        type=Path,
+        default=Path(os.environ.get("ORCHESTRATOR_ROOT", ".")),
+        help="directory the Repo paths are relative to (env ORCHESTRATOR_ROOT; default .)",
+    )
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     parser = argparse.ArgumentParser(prog="orchestrator", description="Keep PostgreSQL schemas in line with YAML.")
@@ -78,8 +86,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         _print_json({"valid": True, "problems": [], "repos": [_repo_summary(cfg, r) for r in cfg.repos]})
         return EXIT_OK
     tenant_tables = sum(1 for t in cfg.tables if t.is_tenant)
-    print(f"OK: {len(cfg.repos)} repo{'s' if len(cfg.repos) != 1 else ''}, {len(cfg.tables)} tables "
-          f"({len(cfg.tables) - tenant_tables} global, {tenant_tables} per tenant) in {args.config}")
+    print(
+        f"OK: {len(cfg.repos)} repo{'s' if len(cfg.repos) != 1 else ''}, {len(cfg.tables)} tables "
+        f"({len(cfg.tables) - tenant_tables} global, {tenant_tables} per tenant) in {args.config}"
+    )
     for repo in cfg.repos:
         tables = ", ".join(t.key for t in cfg.tables_of(repo.name)) or "no tables"
         print(f"  {repo.name}: {tables}")
@@ -136,10 +146,13 @@ def _print_tenants(listed: list[tenants.TenantList], skipped: list[str]) -> None
 def _repo_summary(cfg: model.Config, repo: model.Repo) -> dict[str, Any]:
     return {
         "name": repo.name,
-        "database": "embedded" if repo.embedded else "url",
+        "url": db.redact(repo.url) if repo.url else None,
+        "urlFile": repo.url_file,
         "tenants": repo.tenants.kind if repo.tenants else None,
-        "tables": [{"resource": t.resource, "table": t.key, "tenant": t.is_tenant, "hash": t.content_hash()}
-                   for t in cfg.tables_of(repo.name)],
+        "tables": [
+            {"resource": t.resource, "table": t.key, "tenant": t.is_tenant, "hash": t.content_hash()}
+            for t in cfg.tables_of(repo.name)
+        ],
     }
 
 

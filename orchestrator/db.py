@@ -37,8 +37,12 @@ def resolve_url(repo: model.Repo, root: Path, environ: Mapping[str, str] | None 
     elif repo.url:
         missing = [m.group(1) for m in _VARIABLE.finditer(repo.url) if m.group(2) is None and m.group(1) not in env]
         if missing:
-            raise _located(repo, "spec.url", f"environment variable {missing[0]} is not set "
-                                             f"(write ${{{missing[0]}:-}} to fall back to the embedded PostgreSQL)")
+            raise _located(
+                repo,
+                "spec.url",
+                f"environment variable {missing[0]} is not set "
+                f"(write ${{{missing[0]}:-}} to fall back to the embedded PostgreSQL)",
+            )
         url = _VARIABLE.sub(lambda m: env.get(m.group(1), m.group(2) or ""), repo.url).strip()
     else:
         url = ""

@@ -8,6 +8,7 @@ pgserver's file lock serialises the start itself. ``make clean`` removes it with
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,12 @@ def server(root: Path) -> Any:
     """Return the running embedded server for ``root``, starting it (and running initdb) if needed."""
     path = data_dir(root).resolve()
     if path not in _servers:
-        import pgserver  # imported here: starting the CLI must not pay for it
-
         path.mkdir(parents=True, exist_ok=True)
         try:
             with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (containers)
                 warnings.simplefilter("ignore")
+                import pgserver  # imported here: commands that need no database must not pay for it
+
                 _servers[path] = pgserver.get_server(path, cleanup_mode=None)
         except Exception as exc:  # pgserver raises plain exceptions with the server's output
             raise DatabaseError(f"cannot start the embedded PostgreSQL in {path}: {exc}") from exc
@@ -46,10 +47,8 @@ def database_url(root: Path, database: str) -> str:
     with psycopg.connect(srv.get_uri("postgres"), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
         if not exists:
-            try:
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):  # another process was first
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-            except psycopg.errors.DuplicateDatabase:
-                pass  # another process created it first
     return str(srv.get_uri(database))
 
 

@@ -215,7 +215,7 @@ class Table:
 
     def canonical(self) -> dict[str, Any]:
         """Return the table's essence as JSON-ready data (what snapshots store and diffs compare)."""
-        data = _plain(self)
+        data: dict[str, Any] = _plain(self)
         for dropped in ("resource", "repo", "renamed_from"):
             data.pop(dropped)
         for attribute in data["attributes"]:
@@ -248,11 +248,7 @@ class Config:
 def _plain(value: Any) -> Any:
     """Turn dataclasses and tuples into dicts and lists, recursively."""
     if hasattr(value, "__dataclass_fields__"):
-        return {
-            name: _plain(getattr(value, name))
-            for name, spec in value.__dataclass_fields__.items()
-            if spec.compare
-        }
+        return {name: _plain(getattr(value, name)) for name, spec in value.__dataclass_fields__.items() if spec.compare}
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     return value

@@ -30,10 +30,10 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    import pgserver
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        import pgserver
+
         srv = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
     yield str(srv.get_uri("postgres"))
     srv.cleanup()
@@ -69,7 +69,12 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Result:
     full_env.update(env or {})
     proc = subprocess.run(
         [sys.executable, "-m", "orchestrator", *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 

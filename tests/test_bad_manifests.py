@@ -60,7 +60,12 @@ def test_cli_json_lists_problems(tmp_path: Path) -> None:
 
     report = json.loads(result.out)
     assert report["valid"] is False
-    assert report["problems"] == [{
-        "file": "bad.yaml", "line": 11, "column": 9, "field": "spec.repo",
-        "message": "unknown repo 'ap' (did you mean 'app'?)",
-    }]
+    assert report["problems"] == [
+        {
+            "file": "bad.yaml",
+            "line": 11,
+            "column": 9,
+            "field": "spec.repo",
+            "message": "unknown repo 'ap' (did you mean 'app'?)",
+        }
+    ]

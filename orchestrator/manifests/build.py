@@ -77,8 +77,12 @@ def _unique(docs: list[Document], what: str, problems: list[Problem]) -> dict[st
         if name in seen:
             first = seen[name]
             line = first.locate(("metadata", "name"))[0]
-            problems.append(doc.problem(("metadata", "name"),
-                                        f"duplicate {what} name {name!r} (first defined at {first.display}:{line})"))
+            problems.append(
+                doc.problem(
+                    ("metadata", "name"),
+                    f"duplicate {what} name {name!r} (first defined at {first.display}:{line})",
+                )
+            )
         else:
             seen[name] = doc
     return seen
@@ -134,8 +138,12 @@ def _repo(doc: Document, problems: list[Problem]) -> model.Repo:
     if built.tenants and built.tenants.kind == "static":
         for i, canary in enumerate(built.rollout.canary):
             if canary not in built.tenants.static:
-                problems.append(doc.problem(("spec", "rollout", "canary", i),
-                                            f"canary {canary!r} is not one of the static tenants"))
+                problems.append(
+                    doc.problem(
+                        ("spec", "rollout", "canary", i),
+                        f"canary {canary!r} is not one of the static tenants",
+                    )
+                )
     return built
 
 
@@ -153,7 +161,7 @@ def _tenant_source(doc: Document, raw: dict[str, Any] | None, problems: list[Pro
         problems.append(doc.problem(where, f"give exactly one tenant source: query, static or schemaPattern ({found})"))
         return None
     return model.TenantSource(
-        kind=cast(model.TenantKind, given[0]),
+        kind=given[0],  # one of the three literals, checked above
         query=raw.get("query"),
         static=tuple(raw.get("static", ())),
         schema_pattern=raw.get("schemaPattern"),
@@ -167,8 +175,7 @@ def _tenant_source(doc: Document, raw: dict[str, Any] | None, problems: list[Pro
 class _TableBuilder:
     """Build one resource's table; every problem is located in its document."""
 
-    def __init__(self, doc: Document, repos: dict[str, model.Repo], invalid: set[str],
-                 problems: list[Problem]) -> None:
+    def __init__(self, doc: Document, repos: dict[str, model.Repo], invalid: set[str], problems: list[Problem]) -> None:
         self.doc = doc
         self.invalid = invalid
         self.spec: dict[str, Any] = doc.data["spec"]
@@ -202,7 +209,9 @@ class _TableBuilder:
             renamed_from=spec.get("renamedFrom"),
             identities=self._identities(columns, tenant_column),
             indexes=self._indexes(columns, tenant_column),
-            check_constraints=tuple(model.CheckConstraint(c["name"], c["check"]) for c in spec.get("checkConstraints", ())),
+            check_constraints=tuple(
+                model.CheckConstraint(c["name"], c["check"]) for c in spec.get("checkConstraints", ())
+            ),
             statements=self._statements(),
             source=_source(self.doc),
         )
@@ -230,8 +239,10 @@ class _TableBuilder:
         if repo is None:
             self.problem(("repo",), f"unknown repo {name!r}{_did_you_mean(name, self.repos)}")
         elif multitenancy.strategy == "context" and repo.tenants is None:
-            self.problem(("multitenancy", "strategy"),
-                         f"repo {name!r} has no tenants source, so context tables could never be rolled out")
+            self.problem(
+                ("multitenancy", "strategy"),
+                f"repo {name!r} has no tenants source, so context tables could never be rolled out",
+            )
 
     def _attributes(self) -> tuple[model.Attribute, ...]:
         seen: dict[str, int] = {}
@@ -247,8 +258,10 @@ class _TableBuilder:
         names = set(seen)
         for i, raw in enumerate(self.spec["attributes"]):
             if raw.get("renamedFrom") in names and raw.get("renamedFrom") != raw["name"]:
-                self.problem((*("attributes", i), "renamedFrom"),
-                             f"renamedFrom names {raw['renamedFrom']!r}, which is still a column of this table")
+                self.problem(
+                    (*("attributes", i), "renamedFrom"),
+                    f"renamedFrom names {raw['renamedFrom']!r}, which is still a column of this table",
+                )
         return tuple(built)
 
     def _attribute(self, i: int, raw: dict[str, Any]) -> model.Attribute:
@@ -292,8 +305,10 @@ class _TableBuilder:
             or (base == "boolean" and not isinstance(value, bool))
         )
         if wrong:
-            self.problem((*path, "default"), f"default {value!r} does not fit type {type_}; "
-                                             "use defaultSql for an SQL expression")
+            self.problem(
+                (*path, "default"),
+                f"default {value!r} does not fit type {type_}; use defaultSql for an SQL expression",
+            )
 
     def _primary_key(self, attributes: tuple[model.Attribute, ...], columns: set[str]) -> tuple[str, ...]:
         flagged = tuple(a.name for a in attributes if a.primary_key)
@@ -302,8 +317,11 @@ class _TableBuilder:
             if column not in columns:
                 self.problem(("primaryKey", i), f"unknown column {column!r}{_did_you_mean(column, columns)}")
         if listed and flagged and listed != flagged:
-            self.problem(("primaryKey",), f"primaryKey {list(listed)} disagrees with the attributes marked "
-                                          f"primaryKey: true {list(flagged)}; keep one definition")
+            self.problem(
+                ("primaryKey",),
+                f"primaryKey {list(listed)} disagrees with the attributes marked "
+                f"primaryKey: true {list(flagged)}; keep one definition",
+            )
         pk = listed or flagged
         if pk:
             self._derived(("primaryKey",) if listed else ("attributes",), self.table_name, "pkey")
@@ -316,15 +334,18 @@ class _TableBuilder:
             for j, key in enumerate(raw["keys"]):
                 if key not in columns:
                     self.problem(("identities", i, "keys", j), f"unknown column {key!r}{_did_you_mean(key, columns)}")
-            index_name = raw.get("indexName") or self._derived(("identities", i, "name"), self.table_name,
-                                                                raw["name"], "index")
-            built.append(model.Identity(
-                name=raw["name"],
-                keys=_tenant_first(tuple(raw["keys"]), tenant),
-                index_name=index_name,
-                where=raw.get("where"),
-                nulls_distinct=raw.get("nullsDistinct", True),
-            ))
+            index_name = raw.get("indexName") or self._derived(
+                ("identities", i, "name"), self.table_name, raw["name"], "index"
+            )
+            built.append(
+                model.Identity(
+                    name=raw["name"],
+                    keys=_tenant_first(tuple(raw["keys"]), tenant),
+                    index_name=index_name,
+                    where=raw.get("where"),
+                    nulls_distinct=raw.get("nullsDistinct", True),
+                )
+            )
         return tuple(built)
 
     def _indexes(self, columns: set[str], tenant: str | None) -> tuple[model.Index, ...]:
@@ -346,16 +367,18 @@ class _TableBuilder:
             name = raw.get("name") or (
                 "" if has_expression else self._derived((*path, "fields"), self.table_name, *fields, "index")
             )
-            built.append(model.Index(
-                name=name,
-                fields=_tenant_first(fields, tenant),
-                unique=raw.get("unique", False),
-                using=raw.get("using"),
-                where=raw.get("where"),
-                include=tuple(raw.get("include", ())),
-                nulls_distinct=raw.get("nullsDistinct", True),
-                concurrently=raw.get("concurrently", False),
-            ))
+            built.append(
+                model.Index(
+                    name=name,
+                    fields=_tenant_first(fields, tenant),
+                    unique=raw.get("unique", False),
+                    using=raw.get("using"),
+                    where=raw.get("where"),
+                    include=tuple(raw.get("include", ())),
+                    nulls_distinct=raw.get("nullsDistinct", True),
+                    concurrently=raw.get("concurrently", False),
+                )
+            )
         return tuple(built)
 
     def _statements(self) -> tuple[model.Statement, ...]:
@@ -377,8 +400,13 @@ def _derived_name(doc: Document, path: Path_, parts: Iterable[str], problems: li
     """Join ``parts`` into a default name; a name over 63 bytes is an error (PostgreSQL would truncate it)."""
     name = "_".join(parts)
     if len(name.encode()) > MAX_NAME_BYTES:
-        problems.append(doc.problem(path, f"the default name {name!r} is longer than {MAX_NAME_BYTES} bytes and "
-                                          "PostgreSQL would truncate it; give a shorter name explicitly"))
+        problems.append(
+            doc.problem(
+                path,
+                f"the default name {name!r} is longer than {MAX_NAME_BYTES} bytes and "
+                "PostgreSQL would truncate it; give a shorter name explicitly",
+            )
+        )
     return name
 
 
@@ -420,8 +448,9 @@ class _References:
             tables.append(replace(draft.table, attributes=tuple(attributes)))
         return tables
 
-    def _reference(self, draft: _Draft, attribute: model.Attribute, path: Path_,
-                   raw: dict[str, Any]) -> model.Reference | None:
+    def _reference(
+        self, draft: _Draft, attribute: model.Attribute, path: Path_, raw: dict[str, Any]
+    ) -> model.Reference | None:
         def problem(sub: Path_, message: str) -> None:
             self.problems.append(draft.doc.problem((*path, *sub), message))
 
@@ -442,15 +471,18 @@ class _References:
             table=target.name,
             schema=None if target.is_tenant else target.schema,
             column=column,
-            name=raw.get("name") or _derived_name(draft.doc, path, (source.name, attribute.name, "fkey"),
-                                                  self.problems),
+            name=raw.get("name")
+            or _derived_name(draft.doc, path, (source.name, attribute.name, "fkey"), self.problems),
             on_delete=self._action(source, attribute, raw, "onDelete", problem),
             on_update=self._action(source, attribute, raw, "onUpdate", problem),
             deferrable=_DEFERRABLE[raw.get("deferrable", False)],
             match=raw.get("match", "simple"),
             index=raw.get("index", False),
-            index_name=(_derived_name(draft.doc, (*path, "index"), (source.name, attribute.name, "index"),
-                                      self.problems) if raw.get("index") else None),
+            index_name=(
+                _derived_name(draft.doc, (*path, "index"), (source.name, attribute.name, "index"), self.problems)
+                if raw.get("index")
+                else None
+            ),
         )
 
     def _target(self, source: model.Table, raw: dict[str, Any], problem: Any) -> model.Table | None:
@@ -463,8 +495,10 @@ class _References:
         if "resource" in raw:
             found = self.by_resource.get(raw["resource"])
             if found is None and raw["resource"] not in self.invalid:
-                problem(("resource",), f"unknown resource {raw['resource']!r}"
-                                       f"{_did_you_mean(raw['resource'], self.by_resource)}")
+                problem(
+                    ("resource",),
+                    f"unknown resource {raw['resource']!r}{_did_you_mean(raw['resource'], self.by_resource)}",
+                )
             return found
         schema_name = raw.get("schema")
         candidates = [(source.repo, schema_name or "public", raw["table"])]
@@ -478,8 +512,14 @@ class _References:
         problem(("table",), f"unknown table {shown!r} in repo {source.repo!r}{_did_you_mean(raw['table'], known)}")
         return None
 
-    def _column(self, source: model.Table, attribute: model.Attribute, target: model.Table,
-                raw: dict[str, Any], problem: Any) -> str | None:
+    def _column(
+        self,
+        source: model.Table,
+        attribute: model.Attribute,
+        target: model.Table,
+        raw: dict[str, Any],
+        problem: Any,
+    ) -> str | None:
         if "column" in raw:
             column = str(raw["column"])
         elif len(target.primary_key) == 1:
@@ -493,14 +533,18 @@ class _References:
             problem(("column",), f"unknown column {column!r} in {target.name!r}{_did_you_mean(column, names)}")
             return None
         if not _is_unique(target, column):
-            problem(("column",), f"{target.name}.{column} is neither the primary key nor a unique identity; "
-                                 "PostgreSQL needs one of them to reference it")
+            problem(
+                ("column",),
+                f"{target.name}.{column} is neither the primary key nor a unique identity; "
+                "PostgreSQL needs one of them to reference it",
+            )
         if _comparable(attribute.type) != _comparable(target_column.type):
             problem((), f"type {attribute.type} does not match {target.name}.{column} ({target_column.type})")
         return column
 
-    def _action(self, source: model.Table, attribute: model.Attribute, raw: dict[str, Any], key: str,
-                problem: Any) -> model.Action | None:
+    def _action(
+        self, source: model.Table, attribute: model.Attribute, raw: dict[str, Any], key: str, problem: Any
+    ) -> model.Action | None:
         value = raw.get(key)
         if value is None:
             return None
@@ -522,7 +566,10 @@ class _References:
 
 
 _DEFERRABLE: dict[Any, model.Deferrable] = {
-    False: "no", True: "immediate", "initiallyImmediate": "immediate", "initiallyDeferred": "deferred",
+    False: "no",
+    True: "immediate",
+    "initiallyImmediate": "immediate",
+    "initiallyDeferred": "deferred",
 }
 
 
@@ -551,11 +598,13 @@ def _merge_duplicates(tables: list[model.Table], drafts: list[_Draft], problems:
         if first is None:
             kept[(table.repo, table.key)] = table
         elif first.canonical() != table.canonical():
-            problems.append(docs[table.resource].problem(
-                ("spec", "table"),
-                f"table {table.key} is also defined by resource {first.resource!r} ({first.source}), differently; "
-                "two resources on one table must agree",
-            ))
+            problems.append(
+                docs[table.resource].problem(
+                    ("spec", "table"),
+                    f"table {table.key} is also defined by resource {first.resource!r} ({first.source}), differently; "
+                    "two resources on one table must agree",
+                )
+            )
     return list(kept.values())
 
 

@@ -95,9 +95,7 @@ def find_files(config_dir: Path) -> list[Path]:
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(
-            Path(current, name)
-            for name in files
-            if not name.startswith(".") and name.endswith((".yaml", ".yml"))
+            Path(current, name) for name in files if not name.startswith(".") and name.endswith((".yaml", ".yml"))
         )
     return sorted(found)
 
@@ -164,6 +162,9 @@ class _Builder:
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             where = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            last_line = text.count("\n") + (0 if text.endswith("\n") else 1)
+            if where[0] > max(last_line, 1):  # "unexpected end of file": point at the last line
+                where = (max(last_line, 1), 1)
             message = f"YAML syntax error: {exc.problem or exc.context}"
             if exc.problem and exc.context and exc.context_mark:
                 message += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
@@ -199,6 +200,8 @@ class _Builder:
         elif isinstance(event, events.ScalarEvent):
             self._add(self._scalar(event), _mark(event), 1, event.anchor)
         elif isinstance(event, events.AliasEvent):
+            if event.anchor not in self.anchors:
+                self._fail(event, f"unknown alias *{event.anchor} (no &{event.anchor} before it in this document)")
             value, size = self.anchors[str(event.anchor)]
             self._add(value, _mark(event), size, None)
 
@@ -225,7 +228,7 @@ class _Builder:
     def _scalar(self, event: events.ScalarEvent) -> Any:
         tag = event.tag
         if tag in (None, "!"):
-            tag = self.resolver.resolve(nodes.ScalarNode, event.value, event.implicit)
+            tag = self.resolver.resolve(nodes.ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
         if tag == _CORE + "merge":
             self._fail(event, "YAML merge keys (<<) are not supported; write the fields out")
         if tag == _CORE + "timestamp":
@@ -250,8 +253,12 @@ class _Builder:
         if self.total > MAX_VALUES:
             where = mark or self.doc.locate(self.stack[-1].path if self.stack else ())
             self.problems.append(
-                Problem(self.display, *where, "", f"document expands to more than {MAX_VALUES} values "
-                        "(aliases are counted each time they are used)")
+                Problem(
+                    self.display,
+                    *where,
+                    "",
+                    f"document expands to more than {MAX_VALUES} values (aliases are counted each time they are used)",
+                )
             )
             raise _Abort
         if anchor:
@@ -289,8 +296,12 @@ class _Builder:
         if value in top.container:
             first = self.doc.key_marks.get((*top.path, value), where)
             self.problems.append(
-                Problem(self.display, *where, _fmt((*top.path, value)),
-                        f"duplicate key {value!r} (first given on line {first[0]})")
+                Problem(
+                    self.display,
+                    *where,
+                    _fmt((*top.path, value)),
+                    f"duplicate key {value!r} (first given on line {first[0]})",
+                )
             )
         top.key, top.key_mark = value, where
 
@@ -306,7 +317,8 @@ class _Builder:
 
 
 def _mark(event: events.Event) -> Mark:
-    return (event.start_mark.line + 1, event.start_mark.column + 1)
+    mark = event.start_mark
+    return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
 
 
 def _fmt(path: Path_) -> str:

@@ -12,7 +12,7 @@ import difflib
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
@@ -36,17 +36,21 @@ def validator(kind: str) -> jsonschema.protocols.Validator:
     schema = json.loads((schemas_dir() / KINDS[kind]).read_text())
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return cls(schema)  # type: ignore[no-any-return]
+    return cls(schema)
 
 
 def check(doc: Document) -> list[Problem]:
     """Return the problems of one document; an empty list means it matches its kind's schema."""
     data = doc.data
     if not isinstance(data, dict):
-        return [doc.problem((), f"a manifest must be a mapping with apiVersion, kind, metadata and spec, "
-                                f"not {_json_type(data)}")]
+        return [
+            doc.problem(
+                (),
+                f"a manifest must be a mapping with apiVersion, kind, metadata and spec, not {_json_type(data)}",
+            )
+        ]
     kind = data.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         known = " or ".join(KINDS)
         if kind is None:
             return [doc.problem((), f"missing required field 'kind' ({known})")]
@@ -57,47 +61,55 @@ def check(doc: Document) -> list[Problem]:
 
 def _problems(doc: Document, error: ValidationError) -> list[Problem]:
     path = tuple(error.absolute_path)
+    schema = cast(dict[str, Any], error.schema)
+    rule_value: Any = error.validator_value
     if error.validator in ("anyOf", "oneOf") and error.context:
         return _problems(doc, best_match(error.context))
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = list(error.schema.get("properties", {}))
+        allowed = list(schema.get("properties", {}))
         return [
             doc.problem((*path, extra), _unknown_field(extra, allowed), key=True)
             for extra in error.instance
             if extra not in allowed
         ]
     if error.validator == "required":
-        missing = [name for name in error.validator_value if name not in error.instance]
+        missing = [name for name in rule_value if name not in cast(dict[str, Any], error.instance)]
         return [doc.problem(path, f"missing required field {name!r}") for name in missing]
     return [doc.problem(path, _message(error))]
 
 
 def _message(error: ValidationError) -> str:
-    value, schema, rule = error.instance, error.schema, error.validator
+    value, rule = error.instance, error.validator
+    schema = cast(dict[str, Any], error.schema)
+    rule_value: Any = error.validator_value
     if "x-error" in schema and rule in ("pattern", "minLength", "maxLength"):
         return f"{value!r} {schema['x-error']}"
     if rule == "type":
-        expected = rule_value = error.validator_value
-        names = " or ".join(rule_value) if isinstance(rule_value, list) else expected
+        names = " or ".join(rule_value) if isinstance(rule_value, list) else rule_value
         return f"expected {_article(str(names))}, got {_json_type(value)} {_short(value)}"
     if rule == "enum":
-        choices = ", ".join(json.dumps(c) if not isinstance(c, str) else c for c in error.validator_value)
-        return f"{_short(value)} is not one of: {choices}{_suggest(value, error.validator_value)}"
+        choices = ", ".join(json.dumps(c) if not isinstance(c, str) else c for c in rule_value)
+        return f"{_short(value)} is not one of: {choices}{_suggest(value, rule_value)}"
     if rule == "const":
-        return f"must be {error.validator_value!r}, not {_short(value)}"
+        return f"must be {rule_value!r}, not {_short(value)}"
     if rule == "minItems":
-        return f"needs at least {error.validator_value} item{'s' if error.validator_value != 1 else ''}"
+        return f"needs at least {rule_value} item{'s' if rule_value != 1 else ''}"
     if rule == "uniqueItems":
         return "lists the same item more than once"
     if rule in ("minimum", "maximum"):
         side = "at least" if rule == "minimum" else "at most"
-        return f"must be {side} {error.validator_value}, not {_short(value)}"
-    if rule == "minLength" and error.validator_value == 1:
+        return f"must be {side} {rule_value}, not {_short(value)}"
+    if rule == "minLength" and rule_value == 1:
         return "must not be empty"
     return error.message
 
 
 def _unknown_field(name: str, allowed: list[str]) -> str:
+    if name.endswith(")"):
+        return (
+            f"unknown field {name!r}: a comma inside {{...}} ends a value; quote values that contain "
+            "commas, e.g. type: 'numeric(10,2)'"
+        )
     close = difflib.get_close_matches(name, allowed, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(allowed)}"
     return f"unknown field {name!r} ({hint})"
