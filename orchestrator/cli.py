@@ -23,7 +23,9 @@ from orchestrator.errors import (
     BadInputError,
     ConfigError,
     OrchestratorError,
+    display_path,
 )
+from orchestrator.generator import generate
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -71,6 +73,16 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", parents=[common], help="load and validate the manifests")
     validate.set_defaults(handler=cmd_validate)
 
+    generate = sub.add_parser(
+        "generate-migrations", parents=[common], help="diff resources against snapshots; write migrations and snapshots"
+    )
+    generate.add_argument("--name", help="migration name (default: migrate_resources)")
+    generate.add_argument("--check", action="store_true", help="write nothing; exit 1 if anything would be generated")
+    generate.add_argument("--dry-run", action="store_true", help="print the files instead of writing them")
+    generate.add_argument("--allow-destructive", action="store_true", help="allow dropping tables and columns")
+    generate.add_argument("--repo", help="only this repo")
+    generate.set_defaults(handler=cmd_generate)
+
     tenants_cmd = sub.add_parser("tenants", parents=[common], help="print what each repo's tenant source returns")
     tenants_cmd.add_argument("--repo", help="only this repo")
     tenants_cmd.set_defaults(handler=cmd_tenants)
@@ -94,6 +106,57 @@ def cmd_validate(args: argparse.Namespace) -> int:
         tables = ", ".join(t.key for t in cfg.tables_of(repo.name)) or "no tables"
         print(f"  {repo.name}: {tables}")
     return EXIT_OK
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    result = generate.plan(cfg, args.root, repo=args.repo, name=args.name, allow_destructive=args.allow_destructive)
+    if args.json:
+        _print_json(_plan_json(result, args.root))
+    else:
+        _print_plan(result, args.root, args.dry_run or args.check)
+    if not result.empty and not (args.check or args.dry_run):
+        result.write()
+    return EXIT_FAILED if args.check and not result.empty else EXIT_OK
+
+
+def _print_plan(result: generate.Plan, root: Path, preview: bool) -> None:
+    if result.empty:
+        print("No changes detected, so no migrations or snapshots were written.")
+        return
+    verb = "would write" if preview else "wrote"
+    for migration in result.migrations:
+        print(f"{migration.repo} ({migration.scope}): {verb} {_shown(migration.path, root)}")
+        for op in migration.operations:
+            print(f"    {op.describe()}")
+    for snapshot in result.snapshots:
+        print(f"{verb} {_shown(snapshot.path, root)}")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if preview:
+        for path, text in result.files():
+            print(f"\n==> {_shown(path, root)} <==\n{text}", end="")
+
+
+def _plan_json(result: generate.Plan, root: Path) -> dict[str, Any]:
+    return {
+        "changes": not result.empty,
+        "migrations": [
+            {
+                "repo": m.repo,
+                "scope": m.scope,
+                "path": _shown(m.path, root),
+                "operations": [op.describe() for op in m.operations],
+            }
+            for m in result.migrations
+        ],
+        "snapshots": [_shown(s.path, root) for s in result.snapshots],
+        "warnings": result.warnings,
+    }
+
+
+def _shown(path: Path, root: Path) -> str:
+    return display_path(path, root)
 
 
 def cmd_tenants(args: argparse.Namespace) -> int:

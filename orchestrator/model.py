@@ -137,6 +137,18 @@ class Attribute:
     renamed_from: str | None = None
     references: Reference | None = None
 
+    def default_expression(self) -> str | None:
+        """Return the default as SQL: ``defaultSql`` as written, a literal quoted (``'it''s'``), or None."""
+        if self.default_sql is not None:
+            return self.default_sql
+        if self.default is None:
+            return None
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        if isinstance(self.default, int | float):
+            return repr(self.default)
+        return "'" + self.default.replace("'", "''") + "'"
+
 
 @dataclass(frozen=True)
 class Identity:

@@ -370,7 +370,8 @@ class _TableBuilder:
             built.append(
                 model.Index(
                     name=name,
-                    fields=_tenant_first(fields, tenant),
+                    # btree only: a GIN/GiST index cannot take the uuid tenant column without btree_gin/btree_gist
+                    fields=_tenant_first(fields, tenant if raw.get("using", "btree") == "btree" else None),
                     unique=raw.get("unique", False),
                     using=raw.get("using"),
                     where=raw.get("where"),
@@ -614,8 +615,18 @@ def _check_names(tables: list[model.Table], drafts: list[_Draft], problems: list
     relations: dict[tuple[str, str | None, str], str] = {
         (t.repo, t.schema, t.name): f"table {t.name!r}" for t in tables
     }
+    public = {(t.repo, t.name) for t in tables if t.schema == "public"}
     for table in tables:
         doc = docs[table.resource]
+        if table.is_tenant and (table.repo, table.name) in public:
+            problems.append(
+                doc.problem(
+                    ("spec", "table"),
+                    f"tenant table {table.name!r} has the name of global table "
+                    f"public.{table.name}; tenant migrations run with search_path "
+                    "<tenant>, public, so the names must differ",
+                )
+            )
         constraints: set[str] = set()
         own: set[tuple[str, str]] = set()
         for name, what, path, is_relation in _names(table, doc):

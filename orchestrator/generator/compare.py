@@ -1,0 +1,330 @@
+"""Compare two states of a repo's tables and return the operations that turn one into the other.
+
+A pure function of two states, as Django's autodetector is: ``old`` comes from the snapshots, ``new`` from the
+manifests, and nothing here reads files or talks to a database. Sets are walked in sorted order (added, removed,
+kept) so the same input always gives the same operations in the same order.
+
+Renames are never guessed: a table or column that disappears is matched to a new one only through its
+``renamedFrom`` hint (a global table found under another schema is a move). Everything else that disappears is
+a drop, which ``generate`` refuses unless destructive changes are allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from orchestrator import model
+from orchestrator.generator import operations as ops
+
+Ops = list[ops.Operation]
+
+
+@dataclass
+class ScopeDiff:
+    """The result for one scope (global or tenant) of one repo."""
+
+    operations: Ops = field(default_factory=list)
+    snapshots: dict[str, model.Table | None] = field(default_factory=dict)
+    """Snapshot to write per table key; None writes a tombstone (the table was dropped, renamed or moved)."""
+    resources: set[str] = field(default_factory=set)
+
+
+def ref(table: model.Table) -> ops.Ref:
+    return ops.Ref(table.schema, table.name)
+
+
+TableName = tuple[str | None, str]
+
+
+def compare_scope(
+    old: Mapping[str, model.Table],
+    new: Sequence[model.Table],
+    renamed_elsewhere: Mapping[TableName, TableName] | None = None,
+) -> ScopeDiff:
+    """Return the operations from the ``old`` tables (by key) to the ``new`` ones, and the snapshots to write.
+
+    ``renamed_elsewhere`` names tables renamed or moved in another scope (global tables, for the tenant scope):
+    PostgreSQL updates foreign keys that point at a renamed table, so old references are read through it.
+    """
+    diff = ScopeDiff()
+    pairs = matches(old, new)
+    renamed = {**(renamed_elsewhere or {}), **renames(pairs)}
+    old = {key: _follow_renames(table, renamed) for key, table in old.items()}
+    for table in sorted(new, key=lambda t: t.key):
+        previous = old.get(pairs[table.key].key) if table.key in pairs else None
+        before = len(diff.operations)
+        if previous is None:
+            diff.operations += create_table(table)
+        else:
+            diff.operations += _transform(previous, table)
+            if previous.key != table.key:
+                diff.snapshots[previous.key] = None
+        if len(diff.operations) > before:
+            diff.snapshots[table.key] = table
+            diff.resources.add(table.resource)
+    for key in sorted(set(old) - {t.key for t in pairs.values()}):
+        diff.operations += drop_table(old[key])
+        diff.snapshots[key] = None
+    diff.operations += _schemas(diff.operations)
+    return diff
+
+
+def matches(old: Mapping[str, model.Table], new: Sequence[model.Table]) -> dict[str, model.Table]:
+    """Return new key -> the old table it continues (same key, renamedFrom, or a move between schemas)."""
+    new_keys = {t.key for t in new}
+    found: dict[str, model.Table] = {}
+    for table in sorted(new, key=lambda t: t.key):
+        previous = _match(table, old, new_keys)
+        if previous is not None and previous.key not in {t.key for t in found.values()}:
+            found[table.key] = previous
+    return found
+
+
+def renames(pairs: Mapping[str, model.Table]) -> dict[TableName, TableName]:
+    """Return (schema, name) before -> after for every matched table whose name or schema changed."""
+    result: dict[TableName, TableName] = {}
+    for key, previous in pairs.items():
+        schema, _, name = key.partition(".")
+        after = (None if schema == "tenants" and previous.schema is None else schema, name)
+        if (previous.schema, previous.name) != after:
+            result[(previous.schema, previous.name)] = after
+    return result
+
+
+def _follow_renames(table: model.Table, renamed: Mapping[TableName, TableName]) -> model.Table:
+    """Point references at tables' new names, as PostgreSQL does when a referenced table is renamed."""
+    if not renamed:
+        return table
+    attributes = []
+    for attribute in table.attributes:
+        reference = attribute.references
+        if reference is not None and (reference.schema, reference.table) in renamed:
+            schema, name = renamed[(reference.schema, reference.table)]
+            attribute = replace(attribute, references=replace(reference, schema=schema, table=name))
+        attributes.append(attribute)
+    return replace(table, attributes=tuple(attributes))
+
+
+def _match(table: model.Table, old: Mapping[str, model.Table], new_keys: set[str]) -> model.Table | None:
+    """Find the old state of ``table``: same key, else its renamedFrom, else the same name in another schema."""
+    if table.key in old:
+        return old[table.key]
+    if table.renamed_from:
+        renamed = replace(table, name=table.renamed_from).key
+        if renamed in old and renamed not in new_keys:
+            return old[renamed]
+    if table.schema is not None:
+        moved = [t for k, t in sorted(old.items()) if t.name == table.name and t.schema and k not in new_keys]
+        if len(moved) == 1:
+            return moved[0]
+    return None
+
+
+def _schemas(operations: Ops) -> Ops:
+    """CREATE SCHEMA IF NOT EXISTS for every named schema a table is created in or moved to."""
+    names: set[str] = set()
+    for op in operations:
+        if isinstance(op, ops.CreateTable) and op.ref.schema not in (None, "public"):
+            names.add(str(op.ref.schema))
+        if isinstance(op, ops.MoveTable) and op.new_schema != "public":
+            names.add(op.new_schema)
+    return [ops.CreateSchema(name) for name in sorted(names)]
+
+
+# -- whole tables --------------------------------------------------------------------------------------------
+
+
+def create_table(table: model.Table) -> Ops:
+    """CREATE TABLE, then everything that hangs off it: indexes, checks, foreign keys, statements."""
+    at = ref(table)
+    result: Ops = [ops.CreateTable(at, table)]
+    result += [ops.CreateIndex(at, spec) for spec in index_specs(table)]
+    result += [ops.AddCheck(at, check) for check in table.check_constraints]
+    result += [ops.AddForeignKey(at, a.name, a.references) for a in table.attributes if a.references]
+    result += [ops.RunStatement(at, s.name, s.up, s.down) for s in table.statements]
+    return result
+
+
+def drop_table(table: model.Table) -> Ops:
+    """The exact reverse of ``create_table``, so the down migration rebuilds the table completely."""
+    return [op.reverse() for op in reversed(create_table(table))]  # type: ignore[misc]
+
+
+def index_specs(table: model.Table) -> list[ops.IndexSpec]:
+    """Every index of a table, identities first, then custom indexes, then foreign-key column indexes."""
+    specs = [
+        ops.IndexSpec(i.index_name, i.keys, "identity", True, None, i.where, (), i.nulls_distinct)
+        for i in table.identities
+    ]
+    specs += [
+        ops.IndexSpec(
+            i.name, i.fields, "index", i.unique, i.using, i.where, i.include, i.nulls_distinct, i.concurrently
+        )
+        for i in table.indexes
+    ]
+    return specs + [spec for a in table.attributes if (spec := _fk_index(table, a))]
+
+
+def _fk_index(table: model.Table, attribute: model.Attribute) -> ops.IndexSpec | None:
+    reference = attribute.references
+    if reference is None or not reference.index or reference.index_name is None:
+        return None
+    tenant = table.multitenancy.attribute if table.multitenancy.strategy == "attribute" else None
+    columns = (tenant, attribute.name) if tenant and tenant != attribute.name else (attribute.name,)
+    return ops.IndexSpec(reference.index_name, columns, "foreign-key index")
+
+
+# -- a table that exists on both sides -----------------------------------------------------------------------
+
+
+def _transform(old: model.Table, new: model.Table) -> Ops:
+    """Operations from ``old`` to ``new`` (the same table, maybe renamed or moved).
+
+    Operations that run before the rename in the up direction (dropping keys, indexes, checks, statements)
+    name the table as it was then.
+    """
+    before = ref(old)
+    result: Ops = []
+    if old.schema != new.schema and old.schema is not None and new.schema is not None:
+        result.append(ops.MoveTable(before, new.schema))
+    if old.name != new.name:
+        result.append(ops.RenameTable(ops.Ref(new.schema, old.name), new.name))
+    at = ref(new)
+    old = replace(old, schema=new.schema, name=new.name)
+    old, column_renames = _rename_columns(at, old, new)
+    result += column_renames
+    if old.primary_key != new.primary_key:
+        result += [ops.DropPrimaryKey(at, old.primary_key)] if old.primary_key else []
+        result += [ops.AddPrimaryKey(at, new.primary_key)] if new.primary_key else []
+    elif new.primary_key and before.name != new.name:
+        result.append(ops.RenameConstraint(at, f"{before.name}_pkey", f"{new.name}_pkey"))
+    result += _columns(at, old, new)
+    result += _indexes(at, index_specs(old), index_specs(new))
+    result += _by_name(at, old.check_constraints, new.check_constraints, ops.AddCheck, ops.DropCheck)
+    result += _statements(at, old.statements, new.statements)
+    return [_early(op, before) for op in result]
+
+
+def _early(op: ops.Operation, before: ops.Ref) -> ops.Operation:
+    """Give an operation that runs before renames and moves the table's old name."""
+    if ops.phase(op) < ops.RenameTable.PHASE and getattr(op, "ref", None) is not None:
+        return replace(op, ref=before)  # type: ignore[type-var]
+    return op
+
+
+def _rename_columns(at: ops.Ref, old: model.Table, new: model.Table) -> tuple[model.Table, Ops]:
+    """Apply renamedFrom hints: emit the renames and return ``old`` as it is after them."""
+    new_names = {a.name for a in new.attributes}
+    old_names = {a.name for a in old.attributes}
+    renames = {
+        a.renamed_from: a.name
+        for a in new.attributes
+        if a.renamed_from in old_names and a.renamed_from not in new_names and a.name not in old_names
+    }
+    if not renames:
+        return old, []
+    renamed = tuple(replace(a, name=renames.get(a.name, a.name)) for a in old.attributes)
+    pk = tuple(renames.get(c, c) for c in old.primary_key)
+    result: Ops = [ops.RenameColumn(at, before, after) for before, after in sorted(renames.items())]
+    return replace(old, attributes=renamed, primary_key=pk), result
+
+
+def _columns(at: ops.Ref, old: model.Table, new: model.Table) -> Ops:
+    old_columns = {a.name: a for a in old.attributes}
+    new_columns = {a.name: a for a in new.attributes}
+    result: Ops = []
+    for attribute in new.attributes:
+        previous = old_columns.get(attribute.name)
+        if previous is None:
+            result.append(ops.AddColumn(at, replace(attribute, references=None)))
+            result += _reference(at, attribute.name, None, attribute.references)
+        else:
+            result += _column(at, previous, attribute)
+            result += _reference(at, attribute.name, previous.references, attribute.references)
+    for attribute in old.attributes:
+        if attribute.name not in new_columns:
+            result += _reference(at, attribute.name, attribute.references, None)
+            result.append(ops.DropColumn(at, replace(attribute, references=None)))
+    return result
+
+
+def _column(at: ops.Ref, old: model.Attribute, new: model.Attribute) -> Ops:
+    result: Ops = []
+    old_default, new_default = old.default_expression(), new.default_expression()
+    if old.type != new.type:
+        if old_default is not None:  # a default of the old type may not cast: drop it, change, set it again
+            result.append(ops.AlterDefault(at, new.name, old_default, None))
+            old_default = None
+        result.append(ops.AlterType(at, new.name, old.type, new.type))
+    if old_default != new_default:
+        result.append(ops.AlterDefault(at, new.name, old_default, new_default))
+    if old.allow_null != new.allow_null:
+        result.append(ops.AlterNull(at, new.name, new.allow_null))
+    if old.generated != new.generated:
+        result.append(ops.AlterIdentity(at, new.name, old.generated, new.generated))
+    return result
+
+
+def _reference(at: ops.Ref, column: str, old: model.Reference | None, new: model.Reference | None) -> Ops:
+    """Foreign-key constraint changes of one column; its optional index is compared with the other indexes."""
+    if old == new:
+        return []
+    unindexed_old = replace(old, index=False, index_name=None) if old else None
+    unindexed_new = replace(new, index=False, index_name=None) if new else None
+    if unindexed_old == unindexed_new:
+        return []  # only the index changed
+    if old and new and unindexed_old == replace(unindexed_new, name=old.name):  # type: ignore[type-var]
+        return [ops.RenameConstraint(at, old.name, new.name)]
+    return ([ops.DropForeignKey(at, column, old)] if old else []) + (
+        [ops.AddForeignKey(at, column, new)] if new else []
+    )
+
+
+def _indexes(at: ops.Ref, old: Iterable[ops.IndexSpec], new: Iterable[ops.IndexSpec]) -> Ops:
+    """Indexes by name; a definition that only changed its name is a rename, any other change drop + create."""
+    old_by_name = {i.name: i for i in old}
+    new_by_name = {i.name: i for i in new}
+    result: Ops = []
+    gone = [old_by_name[n] for n in old_by_name if n not in new_by_name]
+    for name, spec in new_by_name.items():
+        previous = old_by_name.get(name)
+        if previous is None:
+            twin = next((g for g in gone if g.same_definition(spec)), None)
+            if twin is not None:
+                gone.remove(twin)
+                result.append(ops.RenameIndex(at, twin.name, name))
+            else:
+                result.append(ops.CreateIndex(at, spec))
+        elif not previous.same_definition(spec):
+            result += [ops.DropIndex(at, previous), ops.CreateIndex(at, spec)]
+    return [ops.DropIndex(at, spec) for spec in gone] + result
+
+
+def _by_name(
+    at: ops.Ref,
+    old: Iterable[model.CheckConstraint],
+    new: Iterable[model.CheckConstraint],
+    add: type[ops.AddCheck],
+    drop: type[ops.DropCheck],
+) -> Ops:
+    old_by_name = {c.name: c for c in old}
+    new_by_name = {c.name: c for c in new}
+    result: Ops = []
+    for name, check in old_by_name.items():
+        if new_by_name.get(name) != check:
+            result.append(drop(at, check))
+    for name, check in new_by_name.items():
+        if old_by_name.get(name) != check:
+            result.append(add(at, check))
+    return result
+
+
+def _statements(at: ops.Ref, old: Sequence[model.Statement], new: Sequence[model.Statement]) -> Ops:
+    """Removed or changed statements run their old down (in reverse order); added or changed, their new up."""
+    old_by_name = {s.name: s for s in old}
+    new_by_name = {s.name: s for s in new}
+    result: Ops = [
+        ops.RunStatement(at, s.name, s.down, s.up, removal=True) for s in reversed(old) if new_by_name.get(s.name) != s
+    ]
+    return result + [ops.RunStatement(at, s.name, s.up, s.down) for s in new if old_by_name.get(s.name) != s]

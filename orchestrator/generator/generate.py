@@ -1,0 +1,245 @@
+"""``generate-migrations``: diff every repo's tables against their snapshots and write migrations.
+
+Per repo and scope (global, tenant) one migration holds the ordered operations; ``CREATE INDEX CONCURRENTLY``
+goes to a companion migration marked ``transaction:false``. Snapshots are written for the tables that changed
+only. Nothing is written when a destructive change is not allowed, or with ``check``/``dry_run``: the plan is
+computed first, completely, and files are written only at the end.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator import model, pgtypes
+from orchestrator.errors import BadInputError, OrchestratorError
+from orchestrator.generator import compare, order, render, snapshots
+from orchestrator.generator import operations as ops
+
+DEFAULT_NAME = "migrate_resources"
+_NAME = re.compile(r"^[a-z0-9_]{1,100}$")
+_VERSION = re.compile(r"^(\d{14})_.*\.sql$")
+_SAFE_CASTS = {
+    ("smallint", "integer"),
+    ("smallint", "bigint"),
+    ("integer", "bigint"),
+    ("varchar", "text"),
+    ("char", "text"),
+    ("char", "varchar"),
+    ("smallint", "numeric"),
+    ("integer", "numeric"),
+    ("bigint", "numeric"),
+    ("real", "double precision"),
+    ("timestamp", "timestamptz"),
+    ("json", "jsonb"),
+}
+
+
+class DestructiveChangeError(OrchestratorError):
+    """Tables or columns would be dropped and the user did not allow it (exit 1, nothing written)."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One generated migration file."""
+
+    path: Path
+    repo: str
+    scope: str
+    operations: tuple[ops.Operation, ...]
+    text: str
+
+
+@dataclass
+class Plan:
+    """Everything one run would write, with what to tell the user."""
+
+    migrations: list[Migration] = field(default_factory=list)
+    snapshots: list[snapshots.SnapshotFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.migrations
+
+    def files(self) -> list[tuple[Path, str]]:
+        """Every (path, text) to write: migrations first, then snapshots."""
+        return [(m.path, m.text) for m in self.migrations] + [(s.path, s.text) for s in self.snapshots]
+
+    def write(self) -> None:
+        for path, text in self.files():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+
+
+def plan(
+    cfg: model.Config,
+    root: Path,
+    *,
+    repo: str | None = None,
+    name: str | None = None,
+    allow_destructive: bool = False,
+    now: dt.datetime | None = None,
+) -> Plan:
+    """Compute what ``generate-migrations`` would write; raise before anything is written."""
+    name = name or DEFAULT_NAME
+    if not _NAME.match(name):
+        raise BadInputError(f"--name {name!r}: use lower-case letters, digits and _ (at most 100)")
+    repos = [r for r in cfg.repos if repo is None or r.name == repo]
+    if repo is not None and not repos:
+        raise BadInputError(f"unknown repo {repo!r} (known: {', '.join(r.name for r in cfg.repos)})")
+    result = Plan()
+    refused: list[str] = []
+    for item in repos:
+        _plan_repo(item, cfg.tables_of(item.name), root, name, allow_destructive, now, result, refused)
+    if refused:
+        raise DestructiveChangeError(_refusal(refused))
+    return result
+
+
+def _plan_repo(
+    repo: model.Repo,
+    tables: Sequence[model.Table],
+    root: Path,
+    name: str,
+    allow_destructive: bool,
+    now: dt.datetime | None,
+    result: Plan,
+    refused: list[str],
+) -> None:
+    base = root / repo.snapshots_path
+    old = {key: table for key, (_, table) in snapshots.load_dir(base, repo.name).items()}
+    version = _first_version(root, repo, now)
+    installed = snapshots.load_extensions(base)
+    new_extensions = [e for e in repo.extensions if e not in installed]
+    global_old = {k: t for k, t in old.items() if not t.is_tenant}
+    global_renames = compare.renames(compare.matches(global_old, [t for t in tables if not t.is_tenant]))
+    for scope, path in (("global", repo.migrations_path), ("tenant", repo.tenant_migrations_path)):
+        tenant = scope == "tenant"
+        diff = compare.compare_scope(
+            {k: t for k, t in old.items() if t.is_tenant == tenant},
+            [t for t in tables if t.is_tenant == tenant],
+            global_renames if tenant else None,
+        )
+        operations = diff.operations
+        if scope == "global":
+            operations = [ops.CreateExtension(e) for e in new_extensions] + operations
+        if not operations:
+            continue
+        if not (allow_destructive or repo.allow_destructive):
+            refused += [f"{repo.name}: {op.describe()}" for op in operations if op.destructive]
+        ordered = order.order(operations)
+        result.warnings += [f"{repo.name}: {w}" for w in _warnings(ordered)]
+        sources = ", ".join(sorted(diff.resources)) or f"repo {repo.name}"
+        transactional, concurrent = order.split(ordered)
+        snapshot_version = version
+        for part, suffix in ((transactional, ""), (concurrent, "_concurrently")):
+            if part:
+                file = root / path / f"{version}_{name}{suffix}.sql"
+                text = _migration_text(part, sources, concurrent=bool(suffix))
+                result.migrations.append(Migration(file, repo.name, scope, tuple(part), text))
+                version = _next(version)
+        for key, table in sorted(diff.snapshots.items()):
+            file = base / snapshots.folder(key) / f"{snapshot_version}.json"
+            result.snapshots.append(snapshots.SnapshotFile(file, snapshots.render(table)))
+    if new_extensions:
+        text = snapshots.render_extensions((*installed, *new_extensions))
+        result.snapshots.append(snapshots.SnapshotFile(base / "extensions.json", text))
+
+
+def _migration_text(operations: Sequence[ops.Operation], sources: str, *, concurrent: bool) -> str:
+    lines = [f"-- Generated by orchestrator from: {sources}. Review before applying."]
+    lines += [f"-- {op.describe()}" for op in operations]
+    lines.append("-- migrate:up transaction:false" if concurrent else "-- migrate:up")
+    lines += [f"{statement};\n" for op in operations for statement in render.statements(op)]
+    lines.append("-- migrate:down transaction:false" if concurrent else "-- migrate:down")
+    lines += [f"{statement};\n" for op in order.down(operations) for statement in render.statements(op)]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# -- versions ------------------------------------------------------------------------------------------------
+
+
+def existing_versions(root: Path, repo: model.Repo) -> list[str]:
+    """Versions of the migration files already in the repo's two directories."""
+    found = []
+    for path in (repo.migrations_path, repo.tenant_migrations_path):
+        directory = root / path
+        if directory.is_dir():
+            found += [m.group(1) for p in directory.iterdir() if (m := _VERSION.match(p.name))]
+    return sorted(found)
+
+
+def _first_version(root: Path, repo: model.Repo, now: dt.datetime | None) -> str:
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d%H%M%S")
+    existing = existing_versions(root, repo)
+    return stamp if not existing or stamp > existing[-1] else _next(existing[-1])
+
+
+def _next(version: str) -> str:
+    moment = dt.datetime.strptime(version, "%Y%m%d%H%M%S") + dt.timedelta(seconds=1)
+    return moment.strftime("%Y%m%d%H%M%S")
+
+
+# -- messages ------------------------------------------------------------------------------------------------
+
+
+def _warnings(operations: Sequence[ops.Operation]) -> list[str]:
+    created = {op.table for op in operations if isinstance(op, ops.CreateTable)}
+    warnings = []
+    for op in operations:
+        if isinstance(op, ops.AddColumn) and op.table not in created:
+            a = op.attribute
+            if not a.allow_null and a.default_expression() is None and not a.generated:
+                warnings.append(
+                    f"column {op.table}.{a.name} is added NOT NULL without a default: this fails on a "
+                    "table that has rows (add a default, or add it nullable, backfill, then NOT NULL)"
+                )
+        elif isinstance(op, ops.AlterType) and not _safe_cast(op.old, op.new):
+            warnings.append(
+                f"column {op.table}.{op.column}: {op.old} -> {op.new} casts every value "
+                f"(USING {op.column}::{op.new}); the migration fails if a value does not convert"
+            )
+        elif isinstance(op, ops.AlterNull) and not op.allow_null:
+            warnings.append(f"column {op.table}.{op.column} becomes NOT NULL: this fails if a row holds NULL")
+    return warnings
+
+
+def _safe_cast(old: str, new: str) -> bool:
+    old_base, new_base = pgtypes.base_type(old), pgtypes.base_type(new)
+    if old.endswith("[]") != new.endswith("[]"):
+        return False
+    if old_base == new_base:
+        return _wider(old, new)
+    return (old_base, new_base) in _SAFE_CASTS or (old_base == "varchar" and new == "varchar")
+
+
+def _wider(old: str, new: str) -> bool:
+    """varchar(10) -> varchar(20) or varchar, numeric(5,2) -> numeric(7,2): no value can fail to convert."""
+    old_args, new_args = _args(old), _args(new)
+    if not new_args:
+        return True
+    if not old_args or len(old_args) != len(new_args):
+        return False
+    if len(new_args) == 2:
+        return new_args[1] == old_args[1] and new_args[0] >= old_args[0]
+    return new_args[0] >= old_args[0]
+
+
+def _args(type_: str) -> tuple[int, ...]:
+    inside = type_.partition("(")[2].partition(")")[0]
+    return tuple(int(x) for x in inside.split(",")) if inside else ()
+
+
+def _refusal(refused: list[str]) -> str:
+    lines = ["refusing destructive changes; nothing was written:"]
+    lines += [f"  {item}" for item in refused]
+    lines += [
+        "Ways forward:",
+        "  - a renamed table or column: add renamedFrom: <old name> to the resource or attribute;",
+        "  - a real drop: run again with --allow-destructive, or set allowDestructive: true on the Repo.",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,437 @@
+"""Operations: small immutable values, one per schema change, each knowing its exact reverse.
+
+An operation that removes something carries the whole definition it removes (``DropTable`` holds the table,
+``DropColumn`` the attribute), so its reverse can put it back: the down migration is the up list reversed,
+each operation reversed (Alembic's ``reverse()``, Django's immutable operations). ``PHASE`` fixes where an
+operation goes in the up direction (see ``order``); ``describe()`` is the line users see.
+
+Operations that cannot be undone exactly say so with ``reverse() -> None`` (creating an extension or a
+schema: we cannot know whether it existed before, so the down leaves it in place).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from orchestrator import model
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A table as migrations name it: ``schema`` None means unqualified (a tenant table, via search_path)."""
+
+    schema: str | None
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """Any index we create: an identity, a custom index or a foreign-key column index."""
+
+    name: str
+    columns: tuple[str, ...]
+    kind: str = "index"
+    unique: bool = False
+    using: str | None = None
+    where: str | None = None
+    include: tuple[str, ...] = ()
+    nulls_distinct: bool = True
+    concurrently: bool = False
+
+    def same_definition(self, other: IndexSpec) -> bool:
+        """Return True when only the names differ (then a rename is enough)."""
+        return (self.columns, self.unique, self.using, self.where, self.include, self.nulls_distinct) == (
+            other.columns,
+            other.unique,
+            other.using,
+            other.where,
+            other.include,
+            other.nulls_distinct,
+        )
+
+
+class Operation:
+    """Base of every operation."""
+
+    PHASE: ClassVar[int] = 0
+    destructive: ClassVar[bool] = False
+
+    @property
+    def table(self) -> str:
+        """The table the operation belongs to, for grouping and messages ('' when none)."""
+        ref = getattr(self, "ref", None)
+        return str(ref) if ref is not None else ""
+
+    @property
+    def concurrent(self) -> bool:
+        """True when the operation must run outside a transaction (CREATE INDEX CONCURRENTLY)."""
+        return False
+
+    def reverse(self) -> Operation | None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+# -- repo-level ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateExtension(Operation):
+    PHASE: ClassVar[int] = 0
+    name: str
+
+    def reverse(self) -> None:
+        return None  # it may have been installed before; the down leaves it
+
+    def describe(self) -> str:
+        return f"+ extension {self.name}"
+
+
+@dataclass(frozen=True)
+class CreateSchema(Operation):
+    PHASE: ClassVar[int] = 0
+    name: str
+
+    def reverse(self) -> None:
+        return None  # it may hold other objects; the down leaves it
+
+    def describe(self) -> str:
+        return f"+ schema {self.name}"
+
+
+# -- tables --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateTable(Operation):
+    """CREATE TABLE with columns and primary key; indexes, checks and FKs are operations of their own."""
+
+    PHASE: ClassVar[int] = 7
+    ref: Ref
+    definition: model.Table = field(compare=False)
+
+    def reverse(self) -> DropTable:
+        return DropTable(self.ref, self.definition)
+
+    def describe(self) -> str:
+        return f"+ table {self.ref} ({len(self.definition.attributes)} columns)"
+
+
+@dataclass(frozen=True)
+class DropTable(Operation):
+    PHASE: ClassVar[int] = 11
+    destructive: ClassVar[bool] = True
+    ref: Ref
+    definition: model.Table = field(compare=False)
+
+    def reverse(self) -> CreateTable:
+        return CreateTable(self.ref, self.definition)
+
+    def describe(self) -> str:
+        return f"- table {self.ref} (destructive: its rows are lost)"
+
+
+@dataclass(frozen=True)
+class RenameTable(Operation):
+    PHASE: ClassVar[int] = 5
+    ref: Ref  # the old name
+    new_name: str
+
+    def reverse(self) -> RenameTable:
+        return RenameTable(Ref(self.ref.schema, self.new_name), self.ref.name)
+
+    def describe(self) -> str:
+        return f"~ table {self.ref} renamed to {self.new_name}"
+
+
+@dataclass(frozen=True)
+class MoveTable(Operation):
+    PHASE: ClassVar[int] = 5
+    ref: Ref  # the old schema
+    new_schema: str
+
+    def reverse(self) -> MoveTable:
+        return MoveTable(Ref(self.new_schema, self.ref.name), str(self.ref.schema))
+
+    def describe(self) -> str:
+        return f"~ table {self.ref} moved to schema {self.new_schema}"
+
+
+# -- columns -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AddColumn(Operation):
+    PHASE: ClassVar[int] = 8
+    ref: Ref
+    attribute: model.Attribute
+
+    def reverse(self) -> DropColumn:
+        return DropColumn(self.ref, self.attribute)
+
+    def describe(self) -> str:
+        return f"+ column {self.ref}.{self.attribute.name} {self.attribute.type}"
+
+
+@dataclass(frozen=True)
+class DropColumn(Operation):
+    PHASE: ClassVar[int] = 10
+    destructive: ClassVar[bool] = True
+    ref: Ref
+    attribute: model.Attribute
+
+    def reverse(self) -> AddColumn:
+        return AddColumn(self.ref, self.attribute)
+
+    def describe(self) -> str:
+        return f"- column {self.ref}.{self.attribute.name} (destructive: its values are lost)"
+
+
+@dataclass(frozen=True)
+class RenameColumn(Operation):
+    PHASE: ClassVar[int] = 6
+    ref: Ref
+    old: str
+    new: str
+
+    def reverse(self) -> RenameColumn:
+        return RenameColumn(self.ref, self.new, self.old)
+
+    def describe(self) -> str:
+        return f"~ column {self.ref}.{self.old} renamed to {self.new}"
+
+
+@dataclass(frozen=True)
+class AlterType(Operation):
+    PHASE: ClassVar[int] = 9
+    ref: Ref
+    column: str
+    old: str
+    new: str
+
+    def reverse(self) -> AlterType:
+        return AlterType(self.ref, self.column, self.new, self.old)
+
+    def describe(self) -> str:
+        return f"~ column {self.ref}.{self.column} type {self.old} -> {self.new}"
+
+
+@dataclass(frozen=True)
+class AlterNull(Operation):
+    PHASE: ClassVar[int] = 9
+    ref: Ref
+    column: str
+    allow_null: bool
+
+    def reverse(self) -> AlterNull:
+        return AlterNull(self.ref, self.column, not self.allow_null)
+
+    def describe(self) -> str:
+        return f"~ column {self.ref}.{self.column} {'NULL allowed' if self.allow_null else 'NOT NULL'}"
+
+
+@dataclass(frozen=True)
+class AlterDefault(Operation):
+    """Set or drop a default; ``old``/``new`` are rendered SQL expressions (None: no default)."""
+
+    PHASE: ClassVar[int] = 9
+    ref: Ref
+    column: str
+    old: str | None
+    new: str | None
+
+    def reverse(self) -> AlterDefault:
+        return AlterDefault(self.ref, self.column, self.new, self.old)
+
+    def describe(self) -> str:
+        return f"~ column {self.ref}.{self.column} default {self.old or 'none'} -> {self.new or 'none'}"
+
+
+@dataclass(frozen=True)
+class AlterIdentity(Operation):
+    PHASE: ClassVar[int] = 9
+    ref: Ref
+    column: str
+    old: str | None  # None, "identity" (BY DEFAULT) or "always"
+    new: str | None
+
+    def reverse(self) -> AlterIdentity:
+        return AlterIdentity(self.ref, self.column, self.new, self.old)
+
+    def describe(self) -> str:
+        return f"~ column {self.ref}.{self.column} identity {self.old or 'none'} -> {self.new or 'none'}"
+
+
+# -- keys, indexes, constraints ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AddPrimaryKey(Operation):
+    PHASE: ClassVar[int] = 12
+    ref: Ref
+    columns: tuple[str, ...]
+
+    def reverse(self) -> DropPrimaryKey:
+        return DropPrimaryKey(self.ref, self.columns)
+
+    def describe(self) -> str:
+        return f"+ primary key {self.ref} ({', '.join(self.columns)})"
+
+
+@dataclass(frozen=True)
+class DropPrimaryKey(Operation):
+    PHASE: ClassVar[int] = 4
+    ref: Ref
+    columns: tuple[str, ...]
+
+    def reverse(self) -> AddPrimaryKey:
+        return AddPrimaryKey(self.ref, self.columns)
+
+    def describe(self) -> str:
+        return f"- primary key {self.ref} ({', '.join(self.columns)})"
+
+
+@dataclass(frozen=True)
+class CreateIndex(Operation):
+    PHASE: ClassVar[int] = 13
+    ref: Ref
+    index: IndexSpec
+
+    @property
+    def concurrent(self) -> bool:
+        return self.index.concurrently
+
+    def reverse(self) -> DropIndex:
+        return DropIndex(self.ref, self.index)
+
+    def describe(self) -> str:
+        unique = "unique " if self.index.unique else ""
+        return f"+ {unique}{self.index.kind} {self.index.name} on {self.ref} ({', '.join(self.index.columns)})"
+
+
+@dataclass(frozen=True)
+class DropIndex(Operation):
+    PHASE: ClassVar[int] = 3
+    ref: Ref
+    index: IndexSpec
+
+    def reverse(self) -> CreateIndex:
+        return CreateIndex(self.ref, self.index)
+
+    def describe(self) -> str:
+        return f"- {self.index.kind} {self.index.name} on {self.ref}"
+
+
+@dataclass(frozen=True)
+class RenameIndex(Operation):
+    PHASE: ClassVar[int] = 14
+    ref: Ref
+    old: str
+    new: str
+
+    def reverse(self) -> RenameIndex:
+        return RenameIndex(self.ref, self.new, self.old)
+
+    def describe(self) -> str:
+        return f"~ index {self.old} on {self.ref} renamed to {self.new}"
+
+
+@dataclass(frozen=True)
+class RenameConstraint(Operation):
+    PHASE: ClassVar[int] = 14
+    ref: Ref
+    old: str
+    new: str
+
+    def reverse(self) -> RenameConstraint:
+        return RenameConstraint(self.ref, self.new, self.old)
+
+    def describe(self) -> str:
+        return f"~ constraint {self.old} on {self.ref} renamed to {self.new}"
+
+
+@dataclass(frozen=True)
+class AddForeignKey(Operation):
+    PHASE: ClassVar[int] = 16
+    ref: Ref
+    column: str
+    reference: model.Reference
+
+    def reverse(self) -> DropForeignKey:
+        return DropForeignKey(self.ref, self.column, self.reference)
+
+    def describe(self) -> str:
+        target = Ref(self.reference.schema, self.reference.table)
+        return f"+ foreign key {self.reference.name}: {self.ref}.{self.column} -> {target}.{self.reference.column}"
+
+
+@dataclass(frozen=True)
+class DropForeignKey(Operation):
+    PHASE: ClassVar[int] = 1
+    ref: Ref
+    column: str
+    reference: model.Reference
+
+    def reverse(self) -> AddForeignKey:
+        return AddForeignKey(self.ref, self.column, self.reference)
+
+    def describe(self) -> str:
+        return f"- foreign key {self.reference.name} on {self.ref}"
+
+
+@dataclass(frozen=True)
+class AddCheck(Operation):
+    PHASE: ClassVar[int] = 15
+    ref: Ref
+    check: model.CheckConstraint
+
+    def reverse(self) -> DropCheck:
+        return DropCheck(self.ref, self.check)
+
+    def describe(self) -> str:
+        return f"+ check {self.check.name} on {self.ref}"
+
+
+@dataclass(frozen=True)
+class DropCheck(Operation):
+    PHASE: ClassVar[int] = 3
+    ref: Ref
+    check: model.CheckConstraint
+
+    def reverse(self) -> AddCheck:
+        return AddCheck(self.ref, self.check)
+
+    def describe(self) -> str:
+        return f"- check {self.check.name} on {self.ref}"
+
+
+@dataclass(frozen=True)
+class RunStatement(Operation):
+    """A custom statement: ``up`` runs now, ``down`` undoes it. Removing one runs its old down (``removal``)."""
+
+    ref: Ref
+    name: str
+    up: str
+    down: str
+    removal: bool = False
+
+    @property
+    def phase(self) -> int:
+        return 2 if self.removal else 17
+
+    def reverse(self) -> RunStatement:
+        return RunStatement(self.ref, self.name, self.down, self.up, not self.removal)
+
+    def describe(self) -> str:
+        return f"{'-' if self.removal else '+'} statement {self.name} on {self.ref}"
+
+
+def phase(op: Operation) -> int:
+    """Return where ``op`` goes in the up direction."""
+    return op.phase if isinstance(op, RunStatement) else op.PHASE

@@ -1,0 +1,1 @@
+"""Applying migrations: reading migration files (``files``), and, as the runner grows, planning and executing."""

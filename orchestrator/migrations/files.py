@@ -1,0 +1,111 @@
+"""Read dbmate-style migration files: ``-- migrate:up`` / ``-- migrate:down`` sections, statements split.
+
+A section header may carry ``transaction:false``; such a section runs statement by statement outside a
+transaction, so it must be split exactly, including statements that contain semicolons inside quotes,
+dollar-quoted bodies (``DO $$ ... $$``) or comments. ``split`` is a small lexer for that; it never
+interprets the SQL beyond finding where each statement ends.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import BadInputError
+
+_SECTION = re.compile(r"^--\s*migrate:(up|down)\b(.*)$")
+_FILE = re.compile(r"^(\d{14})_([A-Za-z0-9_]+)\.sql$")
+_DOLLAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
+
+
+@dataclass(frozen=True)
+class Section:
+    sql: str
+    transaction: bool
+    line: int  # where the section's SQL starts in the file, for error messages
+
+    @property
+    def statements(self) -> list[str]:
+        return split(self.sql)
+
+
+@dataclass(frozen=True)
+class MigrationFile:
+    version: int
+    name: str
+    path: Path
+    up: Section
+    down: Section
+
+
+def parse(path: Path, text: str | None = None) -> MigrationFile:
+    """Parse a migration file; raise ``BadInputError`` naming the file when it is not one."""
+    match = _FILE.match(path.name)
+    if not match:
+        raise BadInputError(f"{path}: migration files are named <14-digit version>_<name>.sql")
+    content = path.read_text() if text is None else text
+    sections: dict[str, tuple[list[str], bool, int]] = {}
+    current: str | None = None
+    for number, line in enumerate(content.splitlines(), start=1):
+        header = _SECTION.match(line.strip())
+        if header:
+            current = header.group(1)
+            if current in sections:
+                raise BadInputError(f"{path}:{number}: a second '-- migrate:{current}' section")
+            sections[current] = ([], "transaction:false" not in header.group(2), number + 1)
+        elif current is not None:
+            sections[current][0].append(line)
+    if "up" not in sections:
+        raise BadInputError(f"{path}: no '-- migrate:up' section")
+    up, down = (_section(*sections[k]) if k in sections else Section("", True, 0) for k in ("up", "down"))
+    return MigrationFile(int(match.group(1)), match.group(2), path, up, down)
+
+
+def _section(lines: list[str], transaction: bool, line: int) -> Section:
+    return Section("\n".join(lines).strip() + "\n", transaction, line)
+
+
+def split(sql: str) -> list[str]:
+    """Split SQL text into statements (without the final semicolon), skipping empty ones and lone comments."""
+    statements: list[str] = []
+    start = i = 0
+    length = len(sql)
+    while i < length:
+        char = sql[i]
+        if char in ("'", '"'):
+            i = _skip_quoted(sql, i, char)
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = length if end < 0 else end + 1
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            i = length if end < 0 else end + 2
+        elif char == "$" and (tag := _DOLLAR.match(sql, i)):
+            end = sql.find(tag.group(0), tag.end())
+            i = length if end < 0 else end + len(tag.group(0))
+        elif char == ";":
+            statements.append(sql[start:i])
+            i += 1
+            start = i
+        else:
+            i += 1
+    statements.append(sql[start:])
+    return [s.strip() for s in statements if _has_code(s)]
+
+
+def _skip_quoted(sql: str, i: int, quote: str) -> int:
+    i += 1
+    while i < len(sql):
+        if sql[i] == quote:
+            if i + 1 < len(sql) and sql[i + 1] == quote:  # a doubled quote is an escaped one
+                i += 2
+                continue
+            return i + 1
+        i += 1
+    return i
+
+
+def _has_code(statement: str) -> bool:
+    without_comments = re.sub(r"--[^\n]*|/\*.*?\*/", "", statement, flags=re.S)
+    return bool(without_comments.strip())
