@@ -15,12 +15,14 @@ so what is qualified does not depend on the caller's session: public objects pri
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Protocol, TypeVar
 
 import psycopg
+from psycopg import sql
 
 from orchestrator import model, pgtypes
 
@@ -513,12 +515,38 @@ def assert_matches(
     for table in listed:
         actual = live.get(table.name)
         want = expected(table, schema)
+        if actual is not None:
+            want = dataclasses.replace(want, checks=_server_checks(conn, schema, table))
         found += [f"table {schema}.{table.name}: missing"] if actual is None else differences(want, actual)
     if only:
         known = {t.name for t in listed} | IGNORED_TABLES
         found += [f"table {schema}.{name}: not in the model" for name in live if name not in known]
     if found:
         raise AssertionError(_report(f"schema {schema!r} does not match the model", found))
+
+
+def _server_checks(conn: psycopg.Connection[Any], schema: str, table: model.Table) -> tuple[Check, ...]:
+    """Return the model's checks as this server prints them.
+
+    PostgreSQL rewrites some expressions beyond what text normalisation can undo (``BETWEEN`` becomes two
+    comparisons, ``IN (...)`` becomes ``= ANY (ARRAY[...])``), so each expected check is added to a throw-away
+    copy of the live table and read back; the transaction is rolled back.
+    """
+    forms = []
+    with conn.transaction(force_rollback=True):
+        probe = sql.Identifier("orchestrator_check_probe")
+        conn.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {})").format(probe, sql.Identifier(schema, table.name)))
+        for check in table.check_constraints:
+            name = sql.Identifier(check.name)
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(probe, name, sql.SQL(check.check))
+            )
+            row = conn.execute(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
+                ("orchestrator_check_probe", check.name),
+            ).fetchone()
+            forms.append(Check(check.name, str(row[0]) if row else f"CHECK ({check.check})"))
+    return _sorted(forms)
 
 
 def assert_absent(conn: psycopg.Connection[Any], schema: str, table_names: Iterable[str]) -> None:

@@ -366,7 +366,7 @@ DRIFT = [
         'ALTER TABLE "t1"."projects" DROP CONSTRAINT "priority_positive",'
         'ADD CONSTRAINT "priority_positive" CHECK ("priority" > 0)',
         "t1",
-        "check t1.projects.priority_positive: definition = 'CHECK (priority > 0)', expected 'CHECK (priority >= 0)'",
+        "check t1.projects.priority_positive: definition = 'CHECK (priority > 0)', expected 'CHECK ((priority >= 0))'",
         id="check-body",
     ),
     pytest.param(

@@ -330,3 +330,13 @@ def test_tenant_tables_go_to_tenant_migrations_unqualified(project: Project, tmp
     assert (tmp_path / "priv/resource_snapshots/app/tenants/projects").is_dir()
     assert (tmp_path / "priv/resource_snapshots/app/users").is_dir()
     project.undo()
+
+
+def test_example_config_round_trip(project: Project) -> None:
+    """The shipped example (BETWEEN and IN checks, partial and expression indexes, tenant FKs to global tables)."""
+    from tests.conftest import REPO_ROOT
+
+    texts = [p.read_text() for p in sorted((REPO_ROOT / "config" / "app").glob("*.yaml")) if p.name != "repo.yaml"]
+    plan = project.step(*texts)
+    assert [m.scope for m in plan.migrations] == ["global", "tenant"]
+    project.undo()

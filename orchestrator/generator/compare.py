@@ -66,7 +66,8 @@ def compare_scope(
     for key in sorted(set(old) - {t.key for t in pairs.values()}):
         diff.operations += drop_table(old[key])
         diff.snapshots[key] = None
-    diff.operations += _schemas(diff.operations)
+    existing = {t.schema for t in old.values() if t.schema}
+    diff.operations += [op for op in _schemas(diff.operations) if op.name not in existing]
     return diff
 
 
@@ -121,7 +122,7 @@ def _match(table: model.Table, old: Mapping[str, model.Table], new_keys: set[str
     return None
 
 
-def _schemas(operations: Ops) -> Ops:
+def _schemas(operations: Ops) -> list[ops.CreateSchema]:
     """CREATE SCHEMA IF NOT EXISTS for every named schema a table is created in or moved to."""
     names: set[str] = set()
     for op in operations:
