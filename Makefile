@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config
 
-.PHONY: install run test lint fmt lock clean
+.PHONY: install run test lint fmt bench lock clean
 
 install: $(STAMP)
 
@@ -25,14 +25,18 @@ run: install
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# Benchmarks (not tests): ratios against a floor measured in the same run.
+bench: install
+	$(PY) bench/generate_bench.py
+
 lint: install
-	$(BIN)/ruff check orchestrator tests
-	$(BIN)/ruff format --check orchestrator tests
+	$(BIN)/ruff check orchestrator tests bench
+	$(BIN)/ruff format --check orchestrator tests bench
 	$(BIN)/mypy
 
 fmt: install
-	$(BIN)/ruff format orchestrator tests
-	$(BIN)/ruff check --fix orchestrator tests
+	$(BIN)/ruff format orchestrator tests bench
+	$(BIN)/ruff check --fix orchestrator tests bench
 
 # Re-pin after changing dependencies in pyproject.toml (review the diff).
 lock:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator import __version__, config, db, logs, model, tenants
+from orchestrator import __version__, config, model
 from orchestrator.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -37,7 +37,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
-    logs.configure()
     try:
         return int(args.handler(args))
     except ConfigError as exc:
@@ -160,6 +159,8 @@ def _shown(path: Path, root: Path) -> str:
 
 
 def cmd_tenants(args: argparse.Namespace) -> int:
+    from orchestrator import tenants  # psycopg is imported only by commands that use a database
+
     cfg = config.load(args.config)
     repos = _select_repos(cfg, args.repo)
     listed = [tenants.list_tenants(r, _connection_for(r, args.root)) for r in repos if r.tenants]
@@ -176,6 +177,12 @@ def cmd_tenants(args: argparse.Namespace) -> int:
 # -- helpers -------------------------------------------------------------------------------------------------
 
 
+def _redact(url: str) -> str:
+    from orchestrator import db
+
+    return db.redact(url)
+
+
 def _select_repos(cfg: model.Config, name: str | None) -> tuple[model.Repo, ...]:
     if name is None:
         return cfg.repos
@@ -187,12 +194,14 @@ def _select_repos(cfg: model.Config, name: str | None) -> tuple[model.Repo, ...]
 
 
 def _connection_for(repo: model.Repo, root: Path) -> Any:
+    from orchestrator import db
+
     if repo.tenants is None or repo.tenants.kind == "static":
         return None
     return db.connect(repo, root)
 
 
-def _print_tenants(listed: list[tenants.TenantList], skipped: list[str]) -> None:
+def _print_tenants(listed: list[Any], skipped: list[str]) -> None:
     for result in listed:
         count = len(result.tenants)
         print(f"{result.repo} ({result.source}): {count} tenant{'s' if count != 1 else ''}")
@@ -209,7 +218,7 @@ def _print_tenants(listed: list[tenants.TenantList], skipped: list[str]) -> None
 def _repo_summary(cfg: model.Config, repo: model.Repo) -> dict[str, Any]:
     return {
         "name": repo.name,
-        "url": db.redact(repo.url) if repo.url else None,
+        "url": _redact(repo.url) if repo.url else None,
         "urlFile": repo.url_file,
         "tenants": repo.tenants.kind if repo.tenants else None,
         "tables": [

@@ -75,10 +75,12 @@ def matches(old: Mapping[str, model.Table], new: Sequence[model.Table]) -> dict[
     """Return new key -> the old table it continues (same key, renamedFrom, or a move between schemas)."""
     new_keys = {t.key for t in new}
     found: dict[str, model.Table] = {}
+    taken: set[str] = set()
     for table in sorted(new, key=lambda t: t.key):
         previous = _match(table, old, new_keys)
-        if previous is not None and previous.key not in {t.key for t in found.values()}:
+        if previous is not None and previous.key not in taken:
             found[table.key] = previous
+            taken.add(previous.key)
     return found
 
 

@@ -38,6 +38,8 @@ Mark = tuple[int, int]
 
 _CORE = "tag:yaml.org,2002:"
 _ALLOWED_TAGS = {_CORE + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+_PLAIN: dict[str, Any] = {}
+"""Plain scalars already constructed, by their text (shared by all files: the values are immutable)."""
 _SKIP = "\0skip"  # the key of a value that is dropped (its key was not a string; already reported)
 _Parser: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -184,7 +186,9 @@ class _Builder:
     # -- event handlers -------------------------------------------------------------------------------------
 
     def _handle(self, event: events.Event) -> None:
-        if isinstance(event, events.DocumentStartEvent):
+        if type(event) is events.ScalarEvent:  # the common case first
+            self._add(self._scalar(event), _mark(event), 1, event.anchor)
+        elif isinstance(event, events.DocumentStartEvent):
             self.stack = []
             self.anchors = {}
             self.doc = Document(self.path, self.display, len(self.documents), None)
@@ -197,8 +201,6 @@ class _Builder:
         elif isinstance(event, events.MappingEndEvent | events.SequenceEndEvent):
             frame = self.stack.pop()
             self._add(frame.container, self.doc.marks.get(frame.path), frame.size, frame.anchor)
-        elif isinstance(event, events.ScalarEvent):
-            self._add(self._scalar(event), _mark(event), 1, event.anchor)
         elif isinstance(event, events.AliasEvent):
             if event.anchor not in self.anchors:
                 self._fail(event, f"unknown alias *{event.anchor} (no &{event.anchor} before it in this document)")
@@ -226,6 +228,16 @@ class _Builder:
         return (*top.path, str(top.key))
 
     def _scalar(self, event: events.ScalarEvent) -> Any:
+        if event.tag is None and event.implicit[0]:  # a plain scalar: most of a manifest, and very repetitive
+            key = event.value
+            if key not in _PLAIN:
+                if len(_PLAIN) > 50_000:
+                    _PLAIN.clear()
+                _PLAIN[key] = self._construct(event)
+            return _PLAIN[key]
+        return self._construct(event)
+
+    def _construct(self, event: events.ScalarEvent) -> Any:
         tag = event.tag
         if tag in (None, "!"):
             tag = self.resolver.resolve(nodes.ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import jsonschema
-from jsonschema.exceptions import ValidationError, best_match
+import fastjsonschema
+
+if TYPE_CHECKING:
+    import jsonschema
+    from jsonschema.exceptions import ValidationError
 
 from orchestrator.errors import Problem
 from orchestrator.manifests.loader import Document
 
 API_VERSION = "orchestrator/v1"
+_DRAFT7 = "http://json-schema.org/draft-07/schema#"
 KINDS = {"Repo": "repo.schema.json", "Resource": "resource.schema.json"}
 
 
@@ -32,11 +37,56 @@ def schemas_dir() -> Path:
 
 
 @cache
+def _schema(kind: str) -> dict[str, Any]:
+    return cast(dict[str, Any], json.loads((schemas_dir() / KINDS[kind]).read_text()))
+
+
+@cache
 def validator(kind: str) -> jsonschema.protocols.Validator:
-    schema = json.loads((schemas_dir() / KINDS[kind]).read_text())
+    """The reference validator: slow, but it reports every error with its path.
+
+    Imported on first use: a valid configuration never needs it.
+    """
+    import jsonschema
+
+    schema = _schema(kind)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)
+
+
+@cache
+def _fast(kind: str) -> Callable[[Any], Any]:
+    """A compiled validator for the common case, a valid document (about 20 times faster).
+
+    Our schemas use only keywords that mean the same in draft 7, which fastjsonschema compiles; it stops at the
+    first error, so an invalid document is checked again by ``validator`` for the full, located list.
+    """
+    compiled = fastjsonschema.compile({**_without_defaults(_schema(kind)), "$schema": _DRAFT7})
+    return cast(Callable[[Any], Any], compiled)
+
+
+def _without_defaults(node: Any) -> Any:
+    """Drop the ``default`` keywords: fastjsonschema would write them into the data it checks."""
+    if isinstance(node, list):
+        return [_without_defaults(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    result = {}
+    for key, value in node.items():
+        if key in ("properties", "$defs"):  # maps of names to schemas: a property may be called "default"
+            result[key] = {name: _without_defaults(sub) for name, sub in value.items()}
+        elif key != "default":
+            result[key] = _without_defaults(value)
+    return result
+
+
+def _valid(kind: str, data: Any) -> bool:
+    try:
+        _fast(kind)(data)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return True
 
 
 def check(doc: Document) -> list[Problem]:
@@ -55,6 +105,8 @@ def check(doc: Document) -> list[Problem]:
         if kind is None:
             return [doc.problem((), f"missing required field 'kind' ({known})")]
         return [doc.problem(("kind",), f"unknown kind {kind!r}; expected {known}")]
+    if _valid(kind, data):
+        return []
     errors = sorted(validator(kind).iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     return [problem for error in errors for problem in _problems(doc, error)]
 
@@ -64,6 +116,8 @@ def _problems(doc: Document, error: ValidationError) -> list[Problem]:
     schema = cast(dict[str, Any], error.schema)
     rule_value: Any = error.validator_value
     if error.validator in ("anyOf", "oneOf") and error.context:
+        from jsonschema.exceptions import best_match
+
         return _problems(doc, best_match(error.context))
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = list(schema.get("properties", {}))
