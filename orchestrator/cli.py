@@ -47,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the output was piped into something that stopped reading (head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,6 +85,52 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--repo", help="only this repo")
     generate.set_defaults(handler=cmd_generate)
 
+    create = sub.add_parser("create", parents=[common], help="create each repo's database")
+    create.add_argument("--repo", help="only this repo")
+    create.set_defaults(handler=cmd_create)
+
+    drop = sub.add_parser("drop", parents=[common], help="drop each repo's database (asks first)")
+    drop.add_argument("--repo", help="only this repo")
+    drop.add_argument("--force", action="store_true", help="do not ask")
+    drop.set_defaults(handler=cmd_drop)
+
+    migrate = sub.add_parser("migrate", parents=[common], help="apply pending migrations")
+    migrate.add_argument("--repo", help="only this repo")
+    migrate.add_argument("--to", type=int, metavar="V", help="apply pending migrations up to version V")
+    migrate.add_argument("--step", type=_positive, metavar="N", help="apply at most N migrations")
+    migrate.add_argument("--dry-run", action="store_true", help="print the SQL that would run, in order")
+    migrate.add_argument(
+        "--strict-version-order",
+        action="store_true",
+        help="refuse a pending migration older than the newest applied one",
+    )
+    migrate.set_defaults(handler=cmd_migrate)
+
+    rollback = sub.add_parser("rollback", parents=[common], help="run down migrations (default: one)")
+    rollback.add_argument("--repo", help="only this repo")
+    group = rollback.add_mutually_exclusive_group()
+    group.add_argument("--step", type=_positive, metavar="N", help="roll back the newest N migrations")
+    group.add_argument("--to", type=int, metavar="V", help="roll back every migration newer than version V")
+    rollback.add_argument("--dry-run", action="store_true", help="print the SQL that would run, in order")
+    rollback.set_defaults(handler=cmd_rollback)
+
+    status = sub.add_parser("status", parents=[common], help="applied, pending and edited migrations")
+    status.add_argument("--repo", help="only this repo")
+    status.set_defaults(handler=cmd_status)
+
+    repair = sub.add_parser(
+        "repair", parents=[common], help="record the new checksums of applied migrations edited on purpose"
+    )
+    repair.add_argument("--repo", help="only this repo")
+    repair.set_defaults(handler=cmd_repair)
+
+    regen = sub.add_parser(
+        "regen", parents=[common], help="roll back and delete untracked migrations and snapshots, then generate again"
+    )
+    regen.add_argument("-m", "--migrate", action="store_true", help="migrate afterwards")
+    regen.add_argument("--name", help="migration name (default: migrate_resources)")
+    regen.set_defaults(handler=cmd_regen)
+
     tenants_cmd = sub.add_parser("tenants", parents=[common], help="print what each repo's tenant source returns")
     tenants_cmd.add_argument("--repo", help="only this repo")
     tenants_cmd.set_defaults(handler=cmd_tenants)
@@ -104,6 +153,116 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for repo in cfg.repos:
         tables = ", ".join(t.key for t in cfg.tables_of(repo.name)) or "no tables"
         print(f"  {repo.name}: {tables}")
+    return EXIT_OK
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _runner(args: argparse.Namespace) -> Any:
+    from orchestrator.migrations import runner  # psycopg only for commands that use a database
+
+    cfg = config.load(args.config)
+    _select_repos(cfg, getattr(args, "repo", None))
+    out = (lambda _line: None) if args.json else print
+    return runner.Runner(cfg, args.root, out=out)
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from orchestrator import db
+
+    cfg = config.load(args.config)
+    for repo in _select_repos(cfg, args.repo):
+        created = db.create_database(repo, args.root)
+        print(f"{repo.name}: {'created' if created else 'already exists'}")
+    return EXIT_OK
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    from orchestrator import db
+
+    cfg = config.load(args.config)
+    repos = _select_repos(cfg, args.repo)
+    if not args.force:
+        if not sys.stdin.isatty():
+            raise BadInputError("drop needs --force when not run on a terminal")
+        names = ", ".join(r.name for r in repos)
+        if input(f"Drop the database of {names}? Everything in it is lost. [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing dropped")
+            return EXIT_OK
+    for repo in repos:
+        dropped = db.drop_database(repo, args.root)
+        print(f"{repo.name}: {'dropped' if dropped else 'does not exist'}")
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    run = _runner(args)
+    report = []
+    for repo in run.repos(args.repo):
+        done = run.migrate(repo, to=args.to, step=args.step, strict=args.strict_version_order, dry_run=args.dry_run)
+        report.append({"repo": repo.name, "applied": [m.path.name for m in done], "dry_run": args.dry_run})
+    if args.json:
+        _print_json({"repos": report})
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    run = _runner(args)
+    report = []
+    for repo in run.repos(args.repo):
+        done = run.rollback(repo, step=args.step, to=args.to, dry_run=args.dry_run)
+        report.append({"repo": repo.name, "rolled_back": [m.path.name for m in done], "dry_run": args.dry_run})
+    if args.json:
+        _print_json({"repos": report})
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    run = _runner(args)
+    statuses = [run.status(repo) for repo in run.repos(args.repo)]
+    if args.json:
+        _print_json({"targets": [s.as_dict() for s in statuses]})
+    else:
+        for status in statuses:
+            print(f"{status.target}: {len(status.applied)} applied, {len(status.pending)} pending")
+            for version, name, state in status.applied:
+                print(f"  {state:<12} {version}_{name}")
+            for version, name in status.pending:
+                print(f"  {'pending':<12} {version}_{name}")
+    edited = any(state == "edited" for s in statuses for _, _, state in s.applied)
+    return EXIT_FAILED if edited else EXIT_OK
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    run = _runner(args)
+    fixed = [v for repo in run.repos(args.repo) for v in run.repair(repo)]
+    if not fixed and not args.json:
+        print("nothing to repair: every applied migration matches its file")
+    if args.json:
+        _print_json({"repaired": fixed})
+    return EXIT_OK
+
+
+def cmd_regen(args: argparse.Namespace) -> int:
+    from orchestrator.migrations import regen
+
+    regen.check_checkout(args.root)
+    run = _runner(args)
+    doomed = [path for repo in run.repos(None) for path in regen.roll_back_untracked(run, repo)]
+    for path in doomed:
+        path.unlink()
+        print(f"deleted {_shown(path, args.root)}")
+    result = generate.plan(run.cfg, args.root, name=args.name)
+    _print_plan(result, args.root, preview=False)
+    result.write()
+    if args.migrate:
+        for repo in run.repos(None):
+            run.migrate(repo)
     return EXIT_OK
 
 

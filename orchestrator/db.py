@@ -14,6 +14,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from orchestrator import embedded, model
 from orchestrator.errors import ConfigError, DatabaseError, Problem
@@ -56,11 +58,64 @@ def conninfo(repo: model.Repo, root: Path) -> str:
 
 def connect(repo: model.Repo, root: Path, *, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
     """Open a connection to the repo's database; failures name the repo, never the password."""
-    info = conninfo(repo, root)
+    return connect_to(conninfo(repo, root), repo, autocommit=autocommit)
+
+
+def connect_to(info: str, repo: model.Repo, *, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
+    """Open a connection to ``info`` (a resolved ``conninfo``); errors name the repo, never the password."""
     try:
-        return psycopg.connect(info, autocommit=autocommit, connect_timeout=10, application_name="orchestrator")
+        return open_connection(info, autocommit=autocommit)
     except psycopg.Error as exc:
         raise DatabaseError(f"repo {repo.name}: cannot connect to {redact(info)}: {_first_line(exc)}") from None
+
+
+def database_name(info: str) -> str:
+    """The database a conninfo names (libpq's default: the user name)."""
+    params = conninfo_to_dict(info)
+    return str(params.get("dbname") or params.get("user") or "postgres")
+
+
+def create_database(repo: model.Repo, root: Path) -> bool:
+    """Create the repo's database if it does not exist; return whether it was created."""
+    url = resolve_url(repo, root)
+    if url is None:
+        existed = _embedded_exists(root, repo.name)
+        embedded.database_url(root, repo.name)
+        return not existed
+    name = database_name(url)
+    with connect_to(make_conninfo(url, dbname="postgres"), repo) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return False
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return True
+
+
+def drop_database(repo: model.Repo, root: Path) -> bool:
+    """Drop the repo's database if it exists; return whether it was dropped."""
+    url = resolve_url(repo, root)
+    if url is None:
+        if not _embedded_exists(root, repo.name):
+            return False
+        maintenance, name = str(embedded.server(root).get_uri("postgres")), repo.name
+    else:
+        maintenance, name = make_conninfo(url, dbname="postgres"), database_name(url)
+    with connect_to(maintenance, repo) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return False
+        conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+    return True
+
+
+def _embedded_exists(root: Path, name: str) -> bool:
+    if not (embedded.data_dir(root) / "PG_VERSION").exists():
+        return False
+    with psycopg.connect(str(embedded.server(root).get_uri("postgres")), autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def open_connection(info: str, *, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
+    """Connect, letting psycopg's errors through (for callers that retry transient ones)."""
+    return psycopg.connect(info, autocommit=autocommit, connect_timeout=10, application_name="orchestrator")
 
 
 def redact(url: str) -> str:

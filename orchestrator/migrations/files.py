@@ -8,6 +8,7 @@ interprets the SQL beyond finding where each statement ends.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,12 @@ _DOLLAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
 
 
 @dataclass(frozen=True)
+class Statement:
+    sql: str
+    line: int  # in the file, for error messages
+
+
+@dataclass(frozen=True)
 class Section:
     sql: str
     transaction: bool
@@ -29,6 +36,10 @@ class Section:
     def statements(self) -> list[str]:
         return split(self.sql)
 
+    def located(self) -> list[Statement]:
+        """The statements with the file line each starts on."""
+        return [Statement(text, self.line + line - 1) for text, line in split_located(self.sql)]
+
 
 @dataclass(frozen=True)
 class MigrationFile:
@@ -37,6 +48,25 @@ class MigrationFile:
     path: Path
     up: Section
     down: Section
+    text: str
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the file's text: an applied migration whose file changes is reported."""
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def directory(path: Path) -> list[MigrationFile]:
+    """Every migration file of a directory, by version; a missing directory has none."""
+    if not path.is_dir():
+        return []
+    found = [parse(p) for p in sorted(path.iterdir()) if p.suffix == ".sql" and p.is_file()]
+    versions: dict[int, Path] = {}
+    for migration in found:
+        if migration.version in versions:
+            raise BadInputError(f"{migration.path}: version {migration.version} is also {versions[migration.version]}")
+        versions[migration.version] = migration.path
+    return sorted(found, key=lambda m: m.version)
 
 
 def parse(path: Path, text: str | None = None) -> MigrationFile:
@@ -59,15 +89,23 @@ def parse(path: Path, text: str | None = None) -> MigrationFile:
     if "up" not in sections:
         raise BadInputError(f"{path}: no '-- migrate:up' section")
     up, down = (_section(*sections[k]) if k in sections else Section("", True, 0) for k in ("up", "down"))
-    return MigrationFile(int(match.group(1)), match.group(2), path, up, down)
+    return MigrationFile(int(match.group(1)), match.group(2), path, up, down, content)
 
 
 def _section(lines: list[str], transaction: bool, line: int) -> Section:
-    return Section("\n".join(lines).strip() + "\n", transaction, line)
+    while lines and not lines[0].strip():  # keep line numbers right: drop leading blank lines one by one
+        lines = lines[1:]
+        line += 1
+    return Section("\n".join(lines).rstrip() + "\n", transaction, line)
 
 
 def split(sql: str) -> list[str]:
     """Split SQL text into statements (without the final semicolon), skipping empty ones and lone comments."""
+    return [text for text, _ in split_located(sql)]
+
+
+def split_located(sql: str) -> list[tuple[str, int]]:
+    """Like ``split``, with the 1-based line of ``sql`` each statement's first code is on."""
     statements: list[str] = []
     start = i = 0
     length = len(sql)
@@ -91,7 +129,14 @@ def split(sql: str) -> list[str]:
         else:
             i += 1
     statements.append(sql[start:])
-    return [s.strip() for s in statements if _has_code(s)]
+    result = []
+    offset = 0
+    for raw in statements:
+        if _has_code(raw):
+            lead = len(raw) - len(raw.lstrip())
+            result.append((raw.strip(), sql.count("\n", 0, offset + lead) + 1))
+        offset += len(raw) + 1
+    return result
 
 
 def _skip_quoted(sql: str, i: int, quote: str) -> int:

@@ -1,0 +1,90 @@
+"""Plan what to run: a pure function of the migration files and what a target has applied.
+
+Ecto's order semantics by default: every pending migration is applied in version order, including one older
+than the newest applied (a branch merged late); ``strict`` refuses that instead. A file whose checksum differs
+from the one recorded when it was applied blocks ``migrate`` until it is restored or ``repair`` records the new
+sum. Rollback takes the newest applied migrations, from their files or, when a file is gone, from the text
+stored when it was applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.migrations import files
+from orchestrator.migrations.recorder import Applied
+
+
+class PlanError(OrchestratorError):
+    """The files and the database disagree in a way that needs a person (edited file, order, missing text)."""
+
+
+@dataclass(frozen=True)
+class Edited:
+    migration: files.MigrationFile
+    recorded: str
+
+
+def edited(migrations: Sequence[files.MigrationFile], applied: Mapping[int, Applied]) -> list[Edited]:
+    """Applied migrations whose file changed since (rows without a checksum, from Ecto, are trusted)."""
+    return [
+        Edited(m, str(applied[m.version].checksum))
+        for m in migrations
+        if m.version in applied and applied[m.version].checksum and applied[m.version].checksum != m.checksum
+    ]
+
+
+def pending(
+    migrations: Sequence[files.MigrationFile],
+    applied: Mapping[int, Applied],
+    *,
+    to: int | None = None,
+    step: int | None = None,
+    strict: bool = False,
+) -> list[files.MigrationFile]:
+    """Return the migrations to apply, in order; raise PlanError when an edited file blocks them."""
+    changed = edited(migrations, applied)
+    if changed:
+        names = ", ".join(str(e.migration.path) for e in changed)
+        raise PlanError(
+            f"applied migrations were edited since: {names}; restore them, or record the new "
+            "checksums with 'orchestrator repair' if the edit was deliberate"
+        )
+    todo = [m for m in migrations if m.version not in applied]
+    if strict and todo and applied and todo[0].version < max(applied):
+        raise PlanError(
+            f"{todo[0].path} is older than the newest applied version {max(applied)} (--strict-version-order)"
+        )
+    if to is not None:
+        todo = [m for m in todo if m.version <= to]
+    return todo[:step] if step is not None else todo
+
+
+def rollback(
+    migrations: Sequence[files.MigrationFile],
+    applied: Mapping[int, Applied],
+    stored: Mapping[int, tuple[str, str]],
+    *,
+    step: int | None = None,
+    to: int | None = None,
+) -> list[files.MigrationFile]:
+    """Return the migrations to roll back, newest first (default: one)."""
+    versions = sorted(applied, reverse=True)
+    if to is not None:
+        versions = [v for v in versions if v > to]
+    else:
+        versions = versions[: step if step is not None else 1]
+    by_version = {m.version: m for m in migrations}
+    result = []
+    for version in versions:
+        if version in by_version:
+            result.append(by_version[version])
+        elif version in stored:
+            name, text = stored[version]
+            result.append(files.parse(Path(f"{version}_{name}.sql"), text))
+        else:
+            raise PlanError(f"version {version} is applied but neither its file nor its stored text exists")
+    return result

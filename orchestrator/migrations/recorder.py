@@ -1,0 +1,145 @@
+"""Bookkeeping in the database: ``schema_migrations`` per target, and the ``orchestrator`` schema.
+
+``schema_migrations`` is Ecto's table (``version bigint PRIMARY KEY, inserted_at timestamp(0)``) with three
+nullable columns of ours (``name``, ``checksum``, ``duration_ms``), so an existing Ecto/AshPostgres database is
+adopted as it is: its rows mean "applied", our columns are added. Having a row always means the migration is
+applied: the row is written in the migration's own transaction.
+
+The ``orchestrator`` schema keeps what must outlive files and processes:
+
+* ``migrations`` — the text of every applied migration, per scope (global or tenant), so a rollback works when
+  an older image no longer has the file;
+* ``progress`` — statements done of a ``transaction:false`` migration, per target, so a re-run resumes there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+SCHEMA = "orchestrator"
+
+
+@dataclass(frozen=True)
+class Applied:
+    version: int
+    name: str | None
+    checksum: str | None
+
+
+def _table(schema: str) -> sql.Identifier:
+    return sql.Identifier(schema, "schema_migrations")
+
+
+def ensure(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Create (or adopt) the bookkeeping tables; safe to run concurrently from several processes."""
+    statements = [
+        sql.SQL("CREATE TABLE IF NOT EXISTS {} (version bigint PRIMARY KEY, inserted_at timestamp(0))").format(
+            _table(schema)
+        ),
+        sql.SQL(
+            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS name text, ADD COLUMN IF NOT EXISTS checksum text, "
+            "ADD COLUMN IF NOT EXISTS duration_ms integer"
+        ).format(_table(schema)),
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (scope text NOT NULL, version bigint NOT NULL, name text NOT NULL, "
+            "checksum text NOT NULL, body text NOT NULL, stored_at timestamptz NOT NULL DEFAULT now(), "
+            "PRIMARY KEY (scope, version))"
+        ).format(sql.Identifier(SCHEMA, "migrations")),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (target text NOT NULL, version bigint NOT NULL, "
+            "statements_done integer NOT NULL, PRIMARY KEY (target, version))"
+        ).format(sql.Identifier(SCHEMA, "progress")),
+    ]
+    for statement in statements:
+        # IF NOT EXISTS is not atomic: two processes creating the same table at once can collide on the catalog
+        with (
+            contextlib.suppress(
+                psycopg.errors.UniqueViolation,
+                psycopg.errors.DuplicateObject,
+                psycopg.errors.DuplicateTable,
+                psycopg.errors.DuplicateSchema,
+            ),
+            conn.transaction(),
+        ):
+            conn.execute(statement)
+
+
+def exists(conn: psycopg.Connection[Any], schema: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".schema_migrations',)).fetchone()
+    return bool(row and row[0])
+
+
+def applied(conn: psycopg.Connection[Any], schema: str) -> dict[int, Applied]:
+    """Return the applied migrations of a target by version (none when it has no bookkeeping yet)."""
+    if not exists(conn, schema):
+        return {}
+    has_ours = conn.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = %s AND table_name = "
+        "'schema_migrations' AND column_name IN ('name', 'checksum')",
+        (schema,),
+    ).fetchone()
+    columns = sql.SQL("version, name, checksum" if has_ours and has_ours[0] == 2 else "version, NULL, NULL")
+    rows = conn.execute(sql.SQL("SELECT {} FROM {} ORDER BY version").format(columns, _table(schema))).fetchall()
+    return {int(r[0]): Applied(int(r[0]), r[1], r[2]) for r in rows}
+
+
+def record(
+    conn: psycopg.Connection[Any], schema: str, *, version: int, name: str, checksum: str, duration_ms: int
+) -> None:
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (version, inserted_at, name, checksum, duration_ms) "
+            "VALUES (%s, now() AT TIME ZONE 'utc', %s, %s, %s)"
+        ).format(_table(schema)),
+        (version, name, checksum, duration_ms),
+    )
+
+
+def forget(conn: psycopg.Connection[Any], schema: str, version: int) -> None:
+    conn.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(_table(schema)), (version,))
+
+
+def set_checksum(conn: psycopg.Connection[Any], schema: str, version: int, checksum: str) -> None:
+    conn.execute(sql.SQL("UPDATE {} SET checksum = %s WHERE version = %s").format(_table(schema)), (checksum, version))
+
+
+def store_text(conn: psycopg.Connection[Any], scope: str, *, version: int, name: str, checksum: str, body: str) -> None:
+    conn.execute(
+        "INSERT INTO orchestrator.migrations (scope, version, name, checksum, body) VALUES (%s, %s, %s, %s, %s) "
+        "ON CONFLICT (scope, version) DO UPDATE SET name = EXCLUDED.name, checksum = EXCLUDED.checksum, "
+        "body = EXCLUDED.body, stored_at = now()",
+        (scope, version, name, checksum, body),
+    )
+
+
+def stored_texts(conn: psycopg.Connection[Any], scope: str) -> dict[int, tuple[str, str]]:
+    """Return version -> (name, text) of every migration stored for ``scope``."""
+    if not conn.execute("SELECT to_regclass('orchestrator.migrations') IS NOT NULL").fetchone()[0]:  # type: ignore[index]
+        return {}
+    rows = conn.execute("SELECT version, name, body FROM orchestrator.migrations WHERE scope = %s", (scope,))
+    return {int(v): (str(n), str(b)) for v, n, b in rows.fetchall()}
+
+
+def progress(conn: psycopg.Connection[Any], target: str, version: int) -> int:
+    row = conn.execute(
+        "SELECT statements_done FROM orchestrator.progress WHERE target = %s AND version = %s", (target, version)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def set_progress(conn: psycopg.Connection[Any], target: str, version: int, done: int) -> None:
+    conn.execute(
+        "INSERT INTO orchestrator.progress (target, version, statements_done) VALUES (%s, %s, %s) "
+        "ON CONFLICT (target, version) DO UPDATE SET statements_done = EXCLUDED.statements_done",
+        (target, version, done),
+    )
+
+
+def clear_progress(conn: psycopg.Connection[Any], target: str, version: int) -> None:
+    conn.execute("DELETE FROM orchestrator.progress WHERE target = %s AND version = %s", (target, version))

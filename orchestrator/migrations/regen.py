@@ -1,0 +1,65 @@
+"""``regen``: the AshPostgres guide's regen script, built in.
+
+While iterating on a change, migrations are generated, applied, then the resources change again. ``regen``
+rolls back the migrations git does not track yet (per repo, newest first), deletes them and the snapshots git
+does not track, and generates again — one clean migration instead of a trail of small ones; ``-m`` migrates
+afterwards. Tracked (committed) migrations are never touched. Outside a git checkout it refuses: it could not
+tell new files from reviewed ones.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from orchestrator import model
+from orchestrator.errors import BadInputError
+from orchestrator.migrations import files, runner
+
+
+def untracked(root: Path, path: str) -> list[Path]:
+    """Files under ``root/path`` that git does not track (ignored files excluded)."""
+    directory = root / path
+    if not directory.exists():
+        return []
+    proc = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard", "-z", "--", path],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BadInputError(f"regen needs a git checkout: git ls-files failed in {root}: {proc.stderr.strip()}")
+    return sorted(root / name for name in proc.stdout.split("\0") if name)
+
+
+def check_checkout(root: Path) -> None:
+    proc = subprocess.run(
+        ["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0 or proc.stdout.strip() != "true":
+        raise BadInputError(
+            f"regen needs a git checkout: {root} is not inside one (it tells new migrations from "
+            "committed ones by asking git)"
+        )
+
+
+def roll_back_untracked(run: runner.Runner, repo: model.Repo) -> list[Path]:
+    """Roll back the applied migrations git does not track; return the untracked files to delete."""
+    new_files = untracked(run.root, repo.migrations_path) + untracked(run.root, repo.tenant_migrations_path)
+    global_new = {files.parse(p).version for p in untracked(run.root, repo.migrations_path) if p.suffix == ".sql"}
+    applied = [version for version, _, _ in run.status(repo).applied]
+    newest_first = sorted(applied, reverse=True)
+    count = 0
+    while count < len(newest_first) and newest_first[count] in global_new:
+        count += 1
+    stranded = [v for v in newest_first[count:] if v in global_new]
+    if stranded:
+        raise BadInputError(
+            f"{repo.name}: untracked migration {stranded[0]} is older than a committed one that "
+            "is applied; roll back by hand"
+        )
+    if count:
+        run.rollback(repo, step=count)
+    return new_files + untracked(run.root, repo.snapshots_path)

@@ -1,0 +1,185 @@
+"""Run migrations for repos: migrate, rollback, status, repair, each over one target per repo.
+
+A *session* is one connection holding the target's advisory lock, with the bookkeeping ensured; the work runs
+inside it. A transient error anywhere in a session (connection lost, lock_timeout, deadlock, ...) ends it and
+the whole session is retried with backoff: what was committed stays, the plan is recomputed, a
+``transaction:false`` migration resumes at its recorded statement. Permanent errors end the run at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+
+from orchestrator import db, model
+from orchestrator.errors import DatabaseError
+from orchestrator.migrations import executor, files, locking, planner, recorder, retry
+
+T = TypeVar("T")
+Out = Callable[[str], None]
+
+
+@dataclass
+class Status:
+    """What a target has applied compared with its files."""
+
+    target: str
+    applied: list[tuple[int, str, str]] = field(default_factory=list)  # version, name, state
+    pending: list[tuple[int, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "applied": [{"version": v, "name": n, "state": s} for v, n, s in self.applied],
+            "pending": [{"version": v, "name": n} for v, n in self.pending],
+        }
+
+
+@dataclass
+class Runner:
+    cfg: model.Config
+    root: Path
+    out: Out = print
+
+    def repos(self, name: str | None) -> tuple[model.Repo, ...]:
+        return self.cfg.repos if name is None else tuple(r for r in self.cfg.repos if r.name == name)
+
+    # -- commands ------------------------------------------------------------------------------------------
+
+    def migrate(
+        self,
+        repo: model.Repo,
+        *,
+        to: int | None = None,
+        step: int | None = None,
+        strict: bool = False,
+        dry_run: bool = False,
+    ) -> list[files.MigrationFile]:
+        migrations = files.directory(self.root / repo.migrations_path)
+
+        def work(conn: psycopg.Connection[Any], target: executor.Target) -> list[files.MigrationFile]:
+            todo = planner.pending(migrations, recorder.applied(conn, target.schema), to=to, step=step, strict=strict)
+            if dry_run:
+                self._show(target, todo, "up")
+                return todo
+            for migration in todo:
+                ms = executor.apply(conn, target, migration, "up", log=self.out)
+                self.out(f"{target.name}: applied {migration.path.name} ({ms} ms)")
+            return todo
+
+        done = self._session(repo, work, write=not dry_run)
+        if not done and not dry_run:
+            self.out(f"{repo.name}: up to date")
+        return done
+
+    def rollback(
+        self, repo: model.Repo, *, step: int | None = None, to: int | None = None, dry_run: bool = False
+    ) -> list[files.MigrationFile]:
+        migrations = files.directory(self.root / repo.migrations_path)
+
+        def work(conn: psycopg.Connection[Any], target: executor.Target) -> list[files.MigrationFile]:
+            stored = recorder.stored_texts(conn, target.scope)
+            todo = planner.rollback(migrations, recorder.applied(conn, target.schema), stored, step=step, to=to)
+            if dry_run:
+                self._show(target, todo, "down")
+                return todo
+            for migration in todo:
+                ms = executor.apply(conn, target, migration, "down", log=self.out)
+                self.out(f"{target.name}: rolled back {migration.path.name} ({ms} ms)")
+            return todo
+
+        done = self._session(repo, work, write=not dry_run)
+        if not done and not dry_run:
+            self.out(f"{repo.name}: nothing to roll back")
+        return done
+
+    def status(self, repo: model.Repo) -> Status:
+        migrations = files.directory(self.root / repo.migrations_path)
+
+        def work(conn: psycopg.Connection[Any], target: executor.Target) -> Status:
+            applied = recorder.applied(conn, target.schema)
+            changed = {e.migration.version for e in planner.edited(migrations, applied)}
+            on_disk = {m.version: m for m in migrations}
+            status = Status(target.name)
+            for version, row in sorted(applied.items()):
+                state = "edited" if version in changed else ("applied" if version in on_disk else "file missing")
+                status.applied.append(
+                    (version, row.name or (on_disk[version].name if version in on_disk else ""), state)
+                )
+            status.pending = [(m.version, m.name) for m in migrations if m.version not in applied]
+            return status
+
+        return self._session(repo, work, write=False)
+
+    def repair(self, repo: model.Repo) -> list[int]:
+        """Record the current checksum (and text) of applied migrations whose files were edited on purpose."""
+        migrations = files.directory(self.root / repo.migrations_path)
+
+        def work(conn: psycopg.Connection[Any], target: executor.Target) -> list[int]:
+            fixed = []
+            for item in planner.edited(migrations, recorder.applied(conn, target.schema)):
+                m = item.migration
+                with conn.transaction():
+                    recorder.set_checksum(conn, target.schema, m.version, m.checksum)
+                    recorder.store_text(
+                        conn, target.scope, version=m.version, name=m.name, checksum=m.checksum, body=m.text
+                    )
+                self.out(f"{target.name}: recorded the new checksum of {m.path.name}")
+                fixed.append(m.version)
+            return fixed
+
+        return self._session(repo, work, write=True)
+
+    # -- sessions ------------------------------------------------------------------------------------------
+
+    def _session(
+        self, repo: model.Repo, work: Callable[[psycopg.Connection[Any], executor.Target], T], *, write: bool
+    ) -> T:
+        """Run ``work`` on the repo's database; under the target's lock when it writes; retried when transient."""
+        info = db.conninfo(repo, self.root)
+        target = executor.Target(repo, db.database_name(info), "public", "global")
+
+        def attempt() -> T:
+            with db.open_connection(info) as conn:
+                _watch_client(conn)
+                if not write:
+                    return work(conn, target)
+                lock = locking.key(target.database, target.schema)
+                with locking.advisory_lock(conn, lock, repo.timeouts.lock_wait_ms, target.name):
+                    recorder.ensure(conn, target.schema)
+                    return work(conn, target)
+
+        def on_retry(attempt_number: int, exc: BaseException) -> None:
+            self.out(f"{target.name}: attempt {attempt_number} failed ({_describe(exc)}); retrying")
+
+        try:
+            return retry.run(repo.retry, attempt, on_retry=on_retry)
+        except psycopg.Error as exc:
+            raise DatabaseError(
+                f"{target.name}: gave up after {repo.retry.attempts} attempts: {db.redact(_describe(exc))}"
+            ) from None
+
+    def _show(self, target: executor.Target, todo: list[files.MigrationFile], direction: str) -> None:
+        for migration in todo:
+            section = migration.up if direction == "up" else migration.down
+            mode = "" if section.transaction else ", outside a transaction"
+            self.out(f"-- {target.name}: {migration.path.name} ({direction}{mode})")
+            for statement in section.statements:
+                self.out(f"{statement};")
+
+
+def _watch_client(conn: psycopg.Connection[Any]) -> None:
+    """Have the server notice within seconds if this process dies mid-statement (PostgreSQL 14+), so a killed
+    runner's transaction is rolled back and its lock released promptly rather than when the statement ends."""
+    if conn.info.server_version >= 140000:
+        conn.execute("SET client_connection_check_interval = '1s'")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    state = getattr(exc, "sqlstate", None)
+    return f"{state} {text}" if state else text
