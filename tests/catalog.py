@@ -539,7 +539,9 @@ def _server_checks(conn: psycopg.Connection[Any], schema: str, table: model.Tabl
         for check in table.check_constraints:
             name = sql.Identifier(check.name)
             conn.execute(
-                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(probe, name, sql.SQL(check.check))
+                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
+                    probe, name, sql.SQL(check.check + "\n" if "--" in check.check else check.check)
+                )
             )
             row = conn.execute(
                 "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",

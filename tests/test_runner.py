@@ -49,11 +49,18 @@ class Env:
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")} | self.vars
-        return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=self.root, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", *args],
+            cwd=self.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
-    def migration(self, version: int, up: str, down: str = "", *, repo: str = "app", name: str = "m",
-                  transaction: bool = True) -> Path:
+    def migration(
+        self, version: int, up: str, down: str = "", *, repo: str = "app", name: str = "m", transaction: bool = True
+    ) -> Path:
         flag = "" if transaction else " transaction:false"
         path = self.root / "priv" / repo / "migrations" / f"{version}_{name}.sql"
         write(path, f"-- migrate:up{flag}\n{up}\n-- migrate:down{flag}\n{down}\n")
@@ -89,7 +96,9 @@ def tables(url: str) -> set[str]:
 
 def test_migrate_status_rollback_migrate_on_two_repos(env: Env) -> None:
     env.migration(20260101000001, "CREATE TABLE accounts (id bigint PRIMARY KEY);", "DROP TABLE accounts;")
-    env.migration(20260101000002, "ALTER TABLE accounts ADD COLUMN name text;", "ALTER TABLE accounts DROP COLUMN name;")
+    env.migration(
+        20260101000002, "ALTER TABLE accounts ADD COLUMN name text;", "ALTER TABLE accounts DROP COLUMN name;"
+    )
     env.migration(20260101000001, "CREATE TABLE events (id bigint);", "DROP TABLE events;", repo="analytics")
     result = env.cli("migrate")
     assert result.code == 0, result.err
@@ -99,13 +108,17 @@ def test_migrate_status_rollback_migrate_on_two_repos(env: Env) -> None:
     assert status.code == 0 and "app: 2 applied, 0 pending" in status.out
     assert env.cli("rollback").code == 0
     assert versions(env.app) == [20260101000001] and versions(env.analytics) == []
-    assert "name" not in str(env.query("SELECT column_name FROM information_schema.columns WHERE table_name = 'accounts'"))
+    assert "name" not in str(
+        env.query("SELECT column_name FROM information_schema.columns WHERE table_name = 'accounts'")
+    )
     assert "events" not in tables(env.analytics)
     assert "app: 1 applied, 1 pending" in env.cli("status").out
     assert env.cli("migrate").code == 0
     assert versions(env.app) == [20260101000001, 20260101000002] and "events" in tables(env.analytics)
-    rows = env.query("SELECT version, name, checksum IS NOT NULL, duration_ms IS NOT NULL, inserted_at IS NOT NULL "
-                     "FROM schema_migrations ORDER BY 1")
+    rows = env.query(
+        "SELECT version, name, checksum IS NOT NULL, duration_ms IS NOT NULL, inserted_at IS NOT NULL "
+        "FROM schema_migrations ORDER BY 1"
+    )
     assert rows == [(20260101000001, "m", True, True, True), (20260101000002, "m", True, True, True)]
 
 
@@ -134,10 +147,13 @@ def test_to_step_and_dry_run(env: Env) -> None:
 def test_four_processes_apply_each_migration_exactly_once(env: Env) -> None:
     env.migration(20260101000001, "CREATE TABLE runs (version bigint);", "DROP TABLE runs;")
     for i in range(2, 7):
-        env.migration(20260101000000 + i, f"INSERT INTO runs VALUES ({i}); SELECT pg_sleep(0.2);",
-                      f"DELETE FROM runs WHERE version = {i};")
+        env.migration(
+            20260101000000 + i,
+            f"INSERT INTO runs VALUES ({i}); SELECT pg_sleep(0.2);",  # noqa: S608 - a migration file's text
+            f"DELETE FROM runs WHERE version = {i};",  # noqa: S608
+        )
     procs = [env.popen("migrate", "--repo", "app") for _ in range(4)]
-    outcomes = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    outcomes = [(*p.communicate(timeout=120), p.returncode) for p in procs]
     assert all(code == 0 for _, _, code in outcomes), outcomes
     assert versions(env.app) == [20260101000000 + i for i in range(1, 7)]
     assert env.query("SELECT version, count(*) FROM runs GROUP BY 1 ORDER BY 1") == [(i, 1) for i in range(2, 7)]
@@ -177,8 +193,11 @@ def test_lock_timeout_gives_up_cleanly_after_the_attempts(env: Env) -> None:
 
 
 def test_failing_statement_leaves_nothing_behind(env: Env) -> None:
-    path = env.migration(20260101000001, "CREATE TABLE first (id int);\n\nINSERT INTO missing VALUES (1);\n"
-                                         "CREATE TABLE third (id int);", "DROP TABLE first;")
+    path = env.migration(
+        20260101000001,
+        "CREATE TABLE first (id int);\n\nINSERT INTO missing VALUES (1);\nCREATE TABLE third (id int);",
+        "DROP TABLE first;",
+    )
     result = env.cli("migrate", "--repo", "app")
     assert result.code == 1
     assert f"{path.relative_to(env.root)}:4: 42P01" in result.err or f"{path}:4: 42P01" in result.err
@@ -188,8 +207,11 @@ def test_failing_statement_leaves_nothing_behind(env: Env) -> None:
 
 
 def test_kill_9_during_a_long_migration_then_rerun(env: Env) -> None:
-    env.migration(20260101000001, "CREATE TABLE slow (id int);\nSELECT pg_sleep(4);\nINSERT INTO slow VALUES (1);",
-                  "DROP TABLE slow;")
+    env.migration(
+        20260101000001,
+        "CREATE TABLE slow (id int);\nSELECT pg_sleep(4);\nINSERT INTO slow VALUES (1);",
+        "DROP TABLE slow;",
+    )
     proc = env.popen("migrate", "--repo", "app")
     time.sleep(1.5)
     proc.send_signal(signal.SIGKILL)
@@ -201,8 +223,12 @@ def test_kill_9_during_a_long_migration_then_rerun(env: Env) -> None:
 
 
 def test_kill_9_during_a_non_transactional_migration_resumes(env: Env) -> None:
-    env.migration(20260101000001, "CREATE TABLE part_one (id int);\nSELECT pg_sleep(4);\nCREATE TABLE part_two (id int);",
-                  "DROP TABLE part_two;\nDROP TABLE part_one;", transaction=False)
+    env.migration(
+        20260101000001,
+        "CREATE TABLE part_one (id int);\nSELECT pg_sleep(4);\nCREATE TABLE part_two (id int);",
+        "DROP TABLE part_two;\nDROP TABLE part_one;",
+        transaction=False,
+    )
     proc = env.popen("migrate", "--repo", "app")
     time.sleep(1.5)
     proc.send_signal(signal.SIGKILL)
@@ -217,8 +243,12 @@ def test_kill_9_during_a_non_transactional_migration_resumes(env: Env) -> None:
 
 def test_invalid_concurrent_index_is_dropped_before_the_retry(env: Env) -> None:
     env.migration(20260101000001, "CREATE TABLE dup (v int);\nINSERT INTO dup VALUES (1), (1);", "DROP TABLE dup;")
-    env.migration(20260101000002, "CREATE UNIQUE INDEX CONCURRENTLY dup_v_index ON dup (v);",
-                  "DROP INDEX CONCURRENTLY dup_v_index;", transaction=False)
+    env.migration(
+        20260101000002,
+        "CREATE UNIQUE INDEX CONCURRENTLY dup_v_index ON dup (v);",
+        "DROP INDEX CONCURRENTLY dup_v_index;",
+        transaction=False,
+    )
     failed = env.cli("migrate", "--repo", "app")
     assert failed.code == 1 and "23505" in failed.err
     assert env.query("SELECT indisvalid FROM pg_index WHERE indexrelid = 'dup_v_index'::regclass") == [(False,)]

@@ -45,27 +45,29 @@ def compare_scope(
     """Return the operations from the ``old`` tables (by key) to the ``new`` ones, and the snapshots to write.
 
     ``renamed_elsewhere`` names tables renamed or moved in another scope (global tables, for the tenant scope):
-    PostgreSQL updates foreign keys that point at a renamed table, so old references are read through it.
+    PostgreSQL updates foreign keys that point at a renamed table, so old references are compared through it
+    (``followed``), while operations that re-create old constraints keep the names they had (``old``).
     """
     diff = ScopeDiff()
     pairs = matches(old, new)
     renamed = {**(renamed_elsewhere or {}), **renames(pairs)}
-    old = {key: _follow_renames(table, renamed) for key, table in old.items()}
+    followed = {key: _follow_renames(table, renamed) for key, table in old.items()}
     for table in sorted(new, key=lambda t: t.key):
-        previous = old.get(pairs[table.key].key) if table.key in pairs else None
+        previous = pairs.get(table.key)
         before = len(diff.operations)
         if previous is None:
             diff.operations += create_table(table)
         else:
-            diff.operations += _transform(previous, table)
+            diff.operations += _transform(previous, followed[previous.key], table)
             if previous.key != table.key:
                 diff.snapshots[previous.key] = None
-        if len(diff.operations) > before:
+        if len(diff.operations) > before or (previous is not None and followed[previous.key] != previous):
             diff.snapshots[table.key] = table
             diff.resources.add(table.resource)
     for key in sorted(set(old) - {t.key for t in pairs.values()}):
         diff.operations += drop_table(old[key])
         diff.snapshots[key] = None
+    diff.operations += _dependent_foreign_keys(diff.operations, pairs, followed, new)
     existing = {t.schema for t in old.values() if t.schema}
     diff.operations += [op for op in _schemas(diff.operations) if op.name not in existing]
     return diff
@@ -110,18 +112,85 @@ def _follow_renames(table: model.Table, renamed: Mapping[TableName, TableName]) 
 
 
 def _match(table: model.Table, old: Mapping[str, model.Table], new_keys: set[str]) -> model.Table | None:
-    """Find the old state of ``table``: same key, else its renamedFrom, else the same name in another schema."""
+    """Find the old state of ``table``: its renamedFrom hint (in any schema: a rename may come with a move),
+    else the same key, else the same name in another schema (a move)."""
+    if table.renamed_from:
+        hinted = [
+            t
+            for k, t in sorted(old.items())
+            if t.name == table.renamed_from and t.is_tenant == table.is_tenant and k not in new_keys
+        ]
+        if len(hinted) == 1:
+            return hinted[0]
     if table.key in old:
         return old[table.key]
-    if table.renamed_from:
-        renamed = replace(table, name=table.renamed_from).key
-        if renamed in old and renamed not in new_keys:
-            return old[renamed]
     if table.schema is not None:
         moved = [t for k, t in sorted(old.items()) if t.name == table.name and t.schema and k not in new_keys]
         if len(moved) == 1:
             return moved[0]
     return None
+
+
+def _dependent_foreign_keys(
+    operations: Ops, pairs: Mapping[str, model.Table], followed: Mapping[str, model.Table], new: Sequence[model.Table]
+) -> Ops:
+    """Drop and re-add foreign keys that PostgreSQL would not let a change go through under them.
+
+    A kept foreign key depends on its column's type, the referenced column's type, and the unique index or
+    primary key that backs the referenced column. When any of these changes, the constraint is dropped first
+    and added again last; constraints already dropped or added by other operations are left alone.
+    """
+    touched = {(op.table, op.reference.name) for op in operations if isinstance(op, ops.AddForeignKey)}
+    by_ref = {str(ops.Ref(t.schema, t.name)): t for t in new}
+    result: Ops = []
+    for table in sorted(new, key=lambda t: t.key):
+        previous = pairs.get(table.key)
+        if previous is None:
+            continue
+        before = followed[previous.key]
+        for attribute in table.attributes:
+            reference = attribute.references
+            if reference is None or (str(ref(table)), reference.name) in touched:
+                continue
+            old_attribute = _old_column(before, table, attribute.name)
+            if old_attribute is None or old_attribute.references is None:
+                continue
+            target = by_ref.get(str(ops.Ref(reference.schema, reference.table)))
+            old_target = pairs.get(target.key) if target is not None else None
+            if target is None or old_target is None:
+                continue
+            if old_attribute.type != attribute.type or _target_changed(
+                followed[old_target.key], target, old_attribute.references.column, reference.column
+            ):
+                original = next(a for a in previous.attributes if a.name == old_attribute.name)
+                assert original.references is not None
+                result.append(ops.DropForeignKey(ref(previous), original.name, original.references))
+                result.append(ops.AddForeignKey(ref(table), attribute.name, reference))
+    return result
+
+
+def _old_column(old: model.Table, new: model.Table, name: str) -> model.Attribute | None:
+    attribute = next((a for a in new.attributes if a.name == name), None)
+    hinted = attribute.renamed_from if attribute else None
+    return old.column(name) or (old.column(hinted) if hinted else None)
+
+
+def _target_changed(old: model.Table, new: model.Table, old_column: str, new_column: str) -> bool:
+    """Did the referenced column's type, or what makes it unique, change?"""
+    before, after = old.column(old_column), new.column(new_column)
+    if before is None or after is None or before.type != after.type:
+        return True
+    return _backing(old, old_column) != _backing(new, new_column)
+
+
+def _backing(table: model.Table, column: str) -> object:
+    """What makes ``column`` unique: the primary key, or a unique index (as its definition, minus names)."""
+    if table.primary_key == (column,):
+        return ("pkey", table.primary_key)
+    for spec in index_specs(table):
+        if spec.unique and spec.columns == (column,) and spec.where is None:
+            return (spec.name, spec.nulls_distinct, spec.using)
+    return ("pkey", table.primary_key) if column in table.primary_key else None
 
 
 def _schemas(operations: Ops) -> list[ops.CreateSchema]:
@@ -181,13 +250,15 @@ def _fk_index(table: model.Table, attribute: model.Attribute) -> ops.IndexSpec |
 # -- a table that exists on both sides -----------------------------------------------------------------------
 
 
-def _transform(old: model.Table, new: model.Table) -> Ops:
+def _transform(original: model.Table, old: model.Table, new: model.Table) -> Ops:
     """Operations from ``old`` to ``new`` (the same table, maybe renamed or moved).
 
-    Operations that run before the rename in the up direction (dropping keys, indexes, checks, statements)
-    name the table as it was then.
+    ``original`` is ``old`` as it was, before other tables' renames were followed: operations that drop
+    something keep its original definition, so their reverse in the down re-creates it as it was. Operations
+    that run before the rename in the up direction (dropping keys, indexes, checks, statements) name the
+    table and its columns as they were then.
     """
-    before = ref(old)
+    before = ref(original)
     result: Ops = []
     if old.schema != new.schema and old.schema is not None and new.schema is not None:
         result.append(ops.MoveTable(before, new.schema))
@@ -195,18 +266,23 @@ def _transform(old: model.Table, new: model.Table) -> Ops:
         result.append(ops.RenameTable(ops.Ref(new.schema, old.name), new.name))
     at = ref(new)
     old = replace(old, schema=new.schema, name=new.name)
-    old, column_renames = _rename_columns(at, old, new)
+    old, back, column_renames = _rename_columns(at, old, new)
     result += column_renames
     if old.primary_key != new.primary_key:
-        result += [ops.DropPrimaryKey(at, old.primary_key)] if old.primary_key else []
+        result += [ops.DropPrimaryKey(at, original.primary_key)] if original.primary_key else []
         result += [ops.AddPrimaryKey(at, new.primary_key)] if new.primary_key else []
     elif new.primary_key and before.name != new.name:
         result.append(ops.RenameConstraint(at, f"{before.name}_pkey", f"{new.name}_pkey"))
-    result += _columns(at, old, new)
-    result += _indexes(at, index_specs(old), index_specs(new))
+    result += _columns(at, old, new, original, back)
+    result += _indexes(at, index_specs(_unrenamed(old, original)), index_specs(new), index_specs(old))
     result += _by_name(at, old.check_constraints, new.check_constraints, ops.AddCheck, ops.DropCheck)
     result += _statements(at, old.statements, new.statements)
     return [_early(op, before) for op in result]
+
+
+def _unrenamed(old: model.Table, original: model.Table) -> model.Table:
+    """``old`` with the original column names, for dropping indexes as they are before column renames."""
+    return replace(old, attributes=original.attributes, identities=original.identities, indexes=original.indexes)
 
 
 def _early(op: ops.Operation, before: ops.Ref) -> ops.Operation:
@@ -216,8 +292,8 @@ def _early(op: ops.Operation, before: ops.Ref) -> ops.Operation:
     return op
 
 
-def _rename_columns(at: ops.Ref, old: model.Table, new: model.Table) -> tuple[model.Table, Ops]:
-    """Apply renamedFrom hints: emit the renames and return ``old`` as it is after them."""
+def _rename_columns(at: ops.Ref, old: model.Table, new: model.Table) -> tuple[model.Table, dict[str, str], Ops]:
+    """Apply renamedFrom hints: emit the renames; return ``old`` as it is after them and new -> old names."""
     new_names = {a.name for a in new.attributes}
     old_names = {a.name for a in old.attributes}
     renames = {
@@ -226,14 +302,22 @@ def _rename_columns(at: ops.Ref, old: model.Table, new: model.Table) -> tuple[mo
         if a.renamed_from in old_names and a.renamed_from not in new_names and a.name not in old_names
     }
     if not renames:
-        return old, []
+        return old, {}, []
     renamed = tuple(replace(a, name=renames.get(a.name, a.name)) for a in old.attributes)
     pk = tuple(renames.get(c, c) for c in old.primary_key)
+    identities = tuple(replace(i, keys=tuple(renames.get(k, k) for k in i.keys)) for i in old.identities)
+    indexes = tuple(
+        replace(
+            i, fields=tuple(renames.get(f, f) for f in i.fields), include=tuple(renames.get(f, f) for f in i.include)
+        )
+        for i in old.indexes
+    )
     result: Ops = [ops.RenameColumn(at, before, after) for before, after in sorted(renames.items())]
-    return replace(old, attributes=renamed, primary_key=pk), result
+    back = {after: before for before, after in renames.items()}
+    return replace(old, attributes=renamed, primary_key=pk, identities=identities, indexes=indexes), back, result
 
 
-def _columns(at: ops.Ref, old: model.Table, new: model.Table) -> Ops:
+def _columns(at: ops.Ref, old: model.Table, new: model.Table, original: model.Table, back: dict[str, str]) -> Ops:
     old_columns = {a.name: a for a in old.attributes}
     new_columns = {a.name: a for a in new.attributes}
     result: Ops = []
@@ -243,17 +327,36 @@ def _columns(at: ops.Ref, old: model.Table, new: model.Table) -> Ops:
             result.append(ops.AddColumn(at, replace(attribute, references=None)))
             result += _reference(at, attribute.name, None, attribute.references)
         else:
+            source = original.column(back.get(attribute.name, attribute.name))
             result += _column(at, previous, attribute)
-            result += _reference(at, attribute.name, previous.references, attribute.references)
+            result += _reference(
+                at,
+                attribute.name,
+                previous.references,
+                attribute.references,
+                dropped=(source.name, source.references) if source else None,
+            )
     for attribute in old.attributes:
         if attribute.name not in new_columns:
-            result += _reference(at, attribute.name, attribute.references, None)
+            source = original.column(attribute.name)
+            result += _reference(
+                at,
+                attribute.name,
+                attribute.references,
+                None,
+                dropped=(source.name, source.references) if source else None,
+            )
             result.append(ops.DropColumn(at, replace(attribute, references=None)))
     return result
 
 
 def _column(at: ops.Ref, old: model.Attribute, new: model.Attribute) -> Ops:
+    """Type, default, nullability and identity changes, in an order PostgreSQL accepts both ways: an identity
+    is dropped before the default and NULL change that need it gone, and added after the NOT NULL it needs."""
     result: Ops = []
+    identity = ops.AlterIdentity(at, new.name, old.generated, new.generated) if old.generated != new.generated else None
+    if identity and new.generated is None:
+        result.append(identity)
     old_default, new_default = old.default_expression(), new.default_expression()
     if old.type != new.type:
         if old_default is not None:  # a default of the old type may not cast: drop it, change, set it again
@@ -264,13 +367,24 @@ def _column(at: ops.Ref, old: model.Attribute, new: model.Attribute) -> Ops:
         result.append(ops.AlterDefault(at, new.name, old_default, new_default))
     if old.allow_null != new.allow_null:
         result.append(ops.AlterNull(at, new.name, new.allow_null))
-    if old.generated != new.generated:
-        result.append(ops.AlterIdentity(at, new.name, old.generated, new.generated))
+    if identity and new.generated is not None:
+        result.append(identity)
     return result
 
 
-def _reference(at: ops.Ref, column: str, old: model.Reference | None, new: model.Reference | None) -> Ops:
-    """Foreign-key constraint changes of one column; its optional index is compared with the other indexes."""
+def _reference(
+    at: ops.Ref,
+    column: str,
+    old: model.Reference | None,
+    new: model.Reference | None,
+    *,
+    dropped: tuple[str, model.Reference | None] | None = None,
+) -> Ops:
+    """Foreign-key constraint changes of one column; its optional index is compared with the other indexes.
+
+    ``dropped`` is the column and constraint as they originally were (before renames): a drop keeps them, so
+    the down re-creates exactly what existed.
+    """
     if old == new:
         return []
     unindexed_old = replace(old, index=False, index_name=None) if old else None
@@ -279,14 +393,21 @@ def _reference(at: ops.Ref, column: str, old: model.Reference | None, new: model
         return []  # only the index changed
     if old and new and unindexed_old == replace(unindexed_new, name=old.name):  # type: ignore[type-var]
         return [ops.RenameConstraint(at, old.name, new.name)]
-    return ([ops.DropForeignKey(at, column, old)] if old else []) + (
-        [ops.AddForeignKey(at, column, new)] if new else []
-    )
+    drop_column, drop_reference = dropped if dropped and dropped[1] else (column, old)
+    result: Ops = [ops.DropForeignKey(at, drop_column, drop_reference)] if drop_reference else []
+    return result + ([ops.AddForeignKey(at, column, new)] if new else [])
 
 
-def _indexes(at: ops.Ref, old: Iterable[ops.IndexSpec], new: Iterable[ops.IndexSpec]) -> Ops:
-    """Indexes by name; a definition that only changed its name is a rename, any other change drop + create."""
-    old_by_name = {i.name: i for i in old}
+def _indexes(
+    at: ops.Ref, original: Iterable[ops.IndexSpec], new: Iterable[ops.IndexSpec], compared: Iterable[ops.IndexSpec]
+) -> Ops:
+    """Indexes by name; a definition that only changed its name is a rename, any other change drop + create.
+
+    ``compared`` are the old indexes with column renames applied (PostgreSQL renames columns inside indexes);
+    ``original`` the same indexes as they were, which a drop keeps so its reverse re-creates them.
+    """
+    as_was = {i.name: i for i in original}
+    old_by_name = {i.name: i for i in compared}
     new_by_name = {i.name: i for i in new}
     result: Ops = []
     gone = [old_by_name[n] for n in old_by_name if n not in new_by_name]
@@ -300,8 +421,8 @@ def _indexes(at: ops.Ref, old: Iterable[ops.IndexSpec], new: Iterable[ops.IndexS
             else:
                 result.append(ops.CreateIndex(at, spec))
         elif not previous.same_definition(spec):
-            result += [ops.DropIndex(at, previous), ops.CreateIndex(at, spec)]
-    return [ops.DropIndex(at, spec) for spec in gone] + result
+            result += [ops.DropIndex(at, as_was.get(name, previous)), ops.CreateIndex(at, spec)]
+    return [ops.DropIndex(at, as_was.get(spec.name, spec)) for spec in gone] + result
 
 
 def _by_name(

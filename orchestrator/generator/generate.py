@@ -127,27 +127,56 @@ def _plan_repo(
         operations = diff.operations
         if scope == "global":
             operations = [ops.CreateExtension(e) for e in new_extensions] + operations
-        if not operations:
-            continue
-        if not (allow_destructive or repo.allow_destructive):
-            refused += [f"{repo.name}: {op.describe()}" for op in operations if op.destructive]
-        ordered = order.order(operations)
-        result.warnings += [f"{repo.name}: {w}" for w in _warnings(ordered)]
-        sources = ", ".join(sorted(diff.resources)) or f"repo {repo.name}"
-        transactional, concurrent = order.split(ordered)
+            blocked = _breaks_tenant_keys(repo, operations, [t for t in old.values() if t.is_tenant])
+            if blocked:
+                raise DestructiveChangeError(
+                    "\n".join(
+                        [
+                            "refusing a global change tenant tables depend on; nothing was written:",
+                            *[f"  {line}" for line in blocked],
+                        ]
+                    )
+                )
         snapshot_version = version
-        for part, suffix in ((transactional, ""), (concurrent, "_concurrently")):
-            if part:
-                file = root / path / f"{version}_{name}{suffix}.sql"
-                text = _migration_text(part, sources, concurrent=bool(suffix))
-                result.migrations.append(Migration(file, repo.name, scope, tuple(part), text))
-                version = _next(version)
+        if operations:
+            version = _emit(
+                repo, scope, path, operations, diff.resources, root, name, version, allow_destructive, result, refused
+            )
         for key, table in sorted(diff.snapshots.items()):
             file = base / snapshots.folder(key) / f"{snapshot_version}.json"
             result.snapshots.append(snapshots.SnapshotFile(file, snapshots.render(table)))
     if new_extensions:
         text = snapshots.render_extensions((*installed, *new_extensions))
         result.snapshots.append(snapshots.SnapshotFile(base / "extensions.json", text))
+
+
+def _emit(
+    repo: model.Repo,
+    scope: str,
+    path: str,
+    operations: list[ops.Operation],
+    resources: set[str],
+    root: Path,
+    name: str,
+    version: str,
+    allow_destructive: bool,
+    result: Plan,
+    refused: list[str],
+) -> str:
+    """Order the operations, add the migration file(s) of one scope to ``result``; return the next version."""
+    if not (allow_destructive or repo.allow_destructive):
+        refused += [f"{repo.name}: {op.describe()}" for op in operations if op.destructive]
+    ordered = order.order(operations)
+    result.warnings += [f"{repo.name}: {w}" for w in _warnings(ordered)]
+    sources = ", ".join(sorted(resources)) or f"repo {repo.name}"
+    transactional, concurrent = order.split(ordered)
+    for part, suffix in ((transactional, ""), (concurrent, "_concurrently")):
+        if part:
+            file = root / path / f"{version}_{name}{suffix}.sql"
+            text = _migration_text(part, sources, concurrent=bool(suffix))
+            result.migrations.append(Migration(file, repo.name, scope, tuple(part), text))
+            version = _next(version)
+    return version
 
 
 def _migration_text(operations: Sequence[ops.Operation], sources: str, *, concurrent: bool) -> str:
@@ -234,6 +263,31 @@ def _wider(old: str, new: str) -> bool:
 def _args(type_: str) -> tuple[int, ...]:
     inside = type_.partition("(")[2].partition(")")[0]
     return tuple(int(x) for x in inside.split(",")) if inside else ()
+
+
+def _breaks_tenant_keys(
+    repo: model.Repo, operations: Sequence[ops.Operation], tenant_tables: Sequence[model.Table]
+) -> list[str]:
+    """Global changes that tenant foreign keys stand in the way of: global migrations run before tenant ones,
+    so dropping or retyping what a tenant table references cannot be done in the same step."""
+    blocked = []
+    for op in operations:
+        if isinstance(op, ops.DropTable | ops.AlterType):
+            column = op.column if isinstance(op, ops.AlterType) else None
+            for table in tenant_tables:
+                for attribute in table.attributes:
+                    reference = attribute.references
+                    if (
+                        reference
+                        and (reference.schema, reference.table) == (op.ref.schema, op.ref.name)
+                        and column in (None, reference.column)
+                    ):
+                        blocked.append(
+                            f"{repo.name}: {op.describe()} — tenant foreign key {reference.name} "
+                            f"({table.name}.{attribute.name}) depends on it; change the tenant table "
+                            "first, generate and roll it out, then the global one"
+                        )
+    return blocked
 
 
 def _refusal(refused: list[str]) -> str:

@@ -11,7 +11,7 @@ schema: we cannot know whether it existed before, so the down leaves it in place
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from orchestrator import model
@@ -322,7 +322,8 @@ class DropIndex(Operation):
     index: IndexSpec
 
     def reverse(self) -> CreateIndex:
-        return CreateIndex(self.ref, self.index)
+        # re-created inside the down's transaction, so never CONCURRENTLY
+        return CreateIndex(self.ref, replace(self.index, concurrently=False))
 
     def describe(self) -> str:
         return f"- {self.index.kind} {self.index.name} on {self.ref}"

@@ -35,6 +35,12 @@ def _render(op: ops.Operation) -> list[sql.Composable | str]:
     raise TypeError(f"no renderer for {type(op).__name__}")
 
 
+def user_sql(text: str) -> sql.SQL:
+    """The user's own SQL, as written; a ``--`` comment in it gets a line break after it, or it would swallow
+    the closing parenthesis or semicolon we put after it."""
+    return sql.SQL(text + "\n" if "--" in text else text)
+
+
 def name(table: ops.Ref) -> sql.Identifier:
     return sql.Identifier(table.schema, table.name) if table.schema else sql.Identifier(table.name)
 
@@ -64,7 +70,7 @@ def _column(attribute: model.Attribute) -> sql.Composed:
         parts.append(sql.SQL("NOT NULL"))
     default = attribute.default_expression()
     if default is not None:
-        parts.append(sql.SQL("DEFAULT {}").format(sql.SQL(default)))
+        parts.append(sql.SQL("DEFAULT {}").format(user_sql(default)))
     return sql.SQL(" ").join(parts)
 
 
@@ -139,10 +145,14 @@ def _(op: ops.RenameColumn) -> list[sql.Composable | str]:
     return [_alter(op.ref, sql.SQL("RENAME COLUMN {} TO {}").format(sql.Identifier(op.old), sql.Identifier(op.new)))]
 
 
+_SERIAL_STORAGE = {"smallserial": "smallint", "serial": "integer", "bigserial": "bigint"}
+
+
 @_render.register
 def _(op: ops.AlterType) -> list[sql.Composable | str]:
     column = sql.Identifier(op.column)
-    action = sql.SQL("ALTER COLUMN {} TYPE {} USING {}::{}").format(column, _type(op.new), column, _type(op.new))
+    new = _type(_SERIAL_STORAGE.get(op.new, op.new))  # serial is a CREATE TABLE shorthand, not a type
+    action = sql.SQL("ALTER COLUMN {} TYPE {} USING {}::{}").format(column, new, column, new)
     return [_alter(op.ref, action)]
 
 
@@ -157,7 +167,7 @@ def _(op: ops.AlterDefault) -> list[sql.Composable | str]:
     column = sql.Identifier(op.column)
     if op.new is None:
         return [_alter(op.ref, sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(column))]
-    return [_alter(op.ref, sql.SQL("ALTER COLUMN {} SET DEFAULT {}").format(column, sql.SQL(op.new)))]
+    return [_alter(op.ref, sql.SQL("ALTER COLUMN {} SET DEFAULT {}").format(column, user_sql(op.new)))]
 
 
 @_render.register
@@ -203,7 +213,7 @@ def _(op: ops.CreateIndex) -> list[sql.Composable | str]:
     if not index.nulls_distinct:
         parts.append(sql.SQL("NULLS NOT DISTINCT"))
     if index.where:
-        parts.append(sql.SQL("WHERE {}").format(sql.SQL(index.where)))
+        parts.append(sql.SQL("WHERE {}").format(user_sql(index.where)))
     return [sql.SQL(" ").join(parts)]
 
 
@@ -211,7 +221,7 @@ def _index_field(field: str) -> sql.Composable:
     """A column is quoted; an expression is the user's SQL, parenthesised as PostgreSQL requires."""
     if field.replace("_", "a").isalnum() and not field[0].isdigit():
         return sql.Identifier(field)
-    return sql.SQL("({})").format(sql.SQL(field))
+    return sql.SQL("({})").format(user_sql(field))
 
 
 @_render.register
@@ -262,7 +272,7 @@ def _(op: ops.DropForeignKey) -> list[sql.Composable | str]:
 
 @_render.register
 def _(op: ops.AddCheck) -> list[sql.Composable | str]:
-    action = sql.SQL("ADD CONSTRAINT {} CHECK ({})").format(sql.Identifier(op.check.name), sql.SQL(op.check.check))
+    action = sql.SQL("ADD CONSTRAINT {} CHECK ({})").format(sql.Identifier(op.check.name), user_sql(op.check.check))
     return [_alter(op.ref, action)]
 
 
@@ -273,4 +283,6 @@ def _(op: ops.DropCheck) -> list[sql.Composable | str]:
 
 @_render.register
 def _(op: ops.RunStatement) -> list[sql.Composable | str]:
-    return [op.up.strip().rstrip(";").rstrip()]
+    text = op.up.strip().rstrip(";").rstrip()
+    lines = text.splitlines()
+    return [text + "\n" if lines and "--" in lines[-1] else text]

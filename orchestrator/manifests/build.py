@@ -11,6 +11,7 @@ Building runs in two passes: tables first (each on its own), then references, wh
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -197,6 +198,8 @@ class _TableBuilder:
         attributes = tuple(
             replace(a, allow_null=False, primary_key=True) if a.name in primary_key else a for a in attributes
         )
+        # PostgreSQL makes identity columns NOT NULL; say so in the model, or the catalog would drift from it
+        attributes = tuple(replace(a, allow_null=False) if a.generated else a for a in attributes)
         tenant_column = multitenancy.attribute if multitenancy.strategy == "attribute" else None
         table = model.Table(
             resource=self.doc.data["metadata"]["name"],
@@ -304,6 +307,8 @@ class _TableBuilder:
             or (base in _NUMERIC and (isinstance(value, bool) or not isinstance(value, int | float)))
             or (base == "boolean" and not isinstance(value, bool))
         )
+        if isinstance(value, float) and not math.isfinite(value):
+            wrong = True
         if wrong:
             self.problem(
                 (*path, "default"),
@@ -578,7 +583,8 @@ def _is_unique(table: model.Table, column: str) -> bool:
     if table.primary_key == (column,):
         return True
     identities = any(i.keys == (column,) and i.where is None for i in table.identities)
-    indexes = any(i.unique and i.fields == (column,) and i.where is None for i in table.indexes)
+    # a CONCURRENTLY index is built after the migration that would add the foreign key, so it cannot back one
+    indexes = any(i.unique and i.fields == (column,) and i.where is None and not i.concurrently for i in table.indexes)
     return identities or indexes
 
 
