@@ -8,14 +8,15 @@ JSON document on stdout in every case, errors included, so scripts never parse p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator import __version__, config, model
+from orchestrator import __version__, config, model, state
 from orchestrator.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -67,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
         help="directory the Repo paths are relative to (env ORCHESTRATOR_ROOT; default .)",
     )
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    common.add_argument(
+        "--state",
+        choices=["files", "database"],
+        default=os.environ.get("ORCHESTRATOR_STATE", "files"),
+        help="where snapshots and generated migrations live (env ORCHESTRATOR_STATE; default files)",
+    )
 
     parser = argparse.ArgumentParser(prog="orchestrator", description="Keep PostgreSQL schemas in line with YAML.")
     parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
@@ -169,7 +176,7 @@ def _runner(args: argparse.Namespace) -> Any:
     cfg = config.load(args.config)
     _select_repos(cfg, getattr(args, "repo", None))
     out = (lambda _line: None) if args.json else print
-    return runner.Runner(cfg, args.root, out=out)
+    return runner.Runner(cfg, args.root, out=out, state_kind=args.state)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -251,15 +258,17 @@ def cmd_repair(args: argparse.Namespace) -> int:
 def cmd_regen(args: argparse.Namespace) -> int:
     from orchestrator.migrations import regen
 
+    if args.state != "files":
+        raise BadInputError("regen works on migration files in a git checkout; it has no meaning with --state database")
     regen.check_checkout(args.root)
     run = _runner(args)
     doomed = [path for repo in run.repos(None) for path in regen.roll_back_untracked(run, repo)]
     for path in doomed:
         path.unlink()
         print(f"deleted {_shown(path, args.root)}")
-    result = generate.plan(run.cfg, args.root, name=args.name)
+    result = generate.plan(run.cfg, run.store, name=args.name)
     _print_plan(result, args.root, preview=False)
-    result.write()
+    result.write(run.store(run.cfg.repos[0]))  # regen works on files: one store for every repo
     if args.migrate:
         for repo in run.repos(None):
             run.migrate(repo)
@@ -268,14 +277,38 @@ def cmd_regen(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
-    result = generate.plan(cfg, args.root, repo=args.repo, name=args.name, allow_destructive=args.allow_destructive)
+    write = not (args.check or args.dry_run)
+    with _generating(cfg, args, write=write) as stores:
+        result = generate.plan(
+            cfg, stores.__getitem__, repo=args.repo, name=args.name, allow_destructive=args.allow_destructive
+        )
+        if write and not result.empty:
+            _write_plan(result, cfg, stores)
     if args.json:
         _print_json(_plan_json(result, args.root))
     else:
-        _print_plan(result, args.root, args.dry_run or args.check)
-    if not result.empty and not (args.check or args.dry_run):
-        result.write()
+        _print_plan(result, args.root, not write)
     return EXIT_FAILED if args.check and not result.empty else EXIT_OK
+
+
+@contextlib.contextmanager
+def _generating(cfg: model.Config, args: argparse.Namespace, *, write: bool) -> Iterator[dict[model.Repo, Any]]:
+    """The repos' stores, held for generation (the database store locks the repo) when writing."""
+    stores = {repo: state.store(args.state, repo, args.root) for repo in cfg.repos}
+    with contextlib.ExitStack() as stack:
+        if write:
+            for store in stores.values():
+                stack.enter_context(store.generating())
+        yield stores
+
+
+def _write_plan(result: generate.Plan, cfg: model.Config, stores: dict[model.Repo, Any]) -> None:
+    for repo, store in stores.items():
+        part = generate.Plan(
+            [m for m in result.migrations if m.repo == repo.name],
+            [s for s in result.snapshots if s.path.as_posix().startswith(repo.snapshots_path.rstrip("/") + "/")],
+        )
+        part.write(store)
 
 
 def _print_plan(result: generate.Plan, root: Path, preview: bool) -> None:

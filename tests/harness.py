@@ -7,6 +7,7 @@ Migrations are applied here with the migration file parser only (global ones in 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from orchestrator import config, model
+from orchestrator import config, model, state
 from orchestrator.generator import generate
 from orchestrator.migrations import files
 from tests import catalog
@@ -43,6 +44,7 @@ def res(name: str, table: str, attributes: str, extra: str = "") -> str:
 class Project:
     root: Path
     url: str
+    state_kind: str = "files"
     history: list[tuple[model.Config, list[generate.Migration]]] = field(default_factory=list)
     clock: dt.datetime = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -60,9 +62,16 @@ class Project:
 
     def make(self, cfg: model.Config, *, allow_destructive: bool = False, name: str = "step") -> generate.Plan:
         self.clock += dt.timedelta(minutes=1)
-        plan = generate.plan(cfg, self.root, allow_destructive=allow_destructive, name=name, now=self.clock)
-        plan.write()
+        store = self.store(cfg)
+        with store.generating():
+            plan = generate.plan(cfg, lambda _: store, allow_destructive=allow_destructive, name=name, now=self.clock)
+            plan.write(store)
         return plan
+
+    def store(self, cfg: model.Config) -> state.Store:
+        """Files under the project root, or the database (the repo's URL is this project's database)."""
+        repo = dataclasses.replace(cfg.repos[0], url=self.url)
+        return state.store(self.state_kind, repo, self.root)
 
     def step(self, *resources: str, repo_extra: str = "", allow_destructive: bool = False) -> generate.Plan:
         """Configure, generate, apply up, and check the catalog; return the plan."""
@@ -84,7 +93,7 @@ class Project:
 
     def apply(self, migrations: list[generate.Migration], direction: str) -> None:
         for migration in migrations:
-            parsed = files.parse(migration.path)
+            parsed = files.parse(migration.path, migration.text)
             section = parsed.up if direction == "up" else parsed.down
             self.run(section, tenant=migration.scope == "tenant")
 

@@ -15,9 +15,10 @@ ID = "    - {name: id, type: bigint, primaryKey: true}\n"
 UUID_ID = "    - {name: id, type: uuid, primaryKey: true, defaultSql: gen_random_uuid()}\n"
 
 
-@pytest.fixture
-def project(tmp_path: Path, database_url: str) -> Project:
-    return Project(tmp_path, database_url)
+@pytest.fixture(params=["files", "database"])
+def project(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Project:
+    """The same tests on both state backends: snapshots and migrations in files, or in the database."""
+    return Project(tmp_path, database_url, state_kind=request.param)
 
 
 def kinds(plan: generate.Plan) -> list[str]:
@@ -195,7 +196,7 @@ def test_custom_indexes_every_option(project: Project) -> None:
     )
     plan = project.step(res("p", "posts", attrs, indexes))
     assert [m.path.name.endswith("_concurrently.sql") for m in plan.migrations] == [False, True]
-    concurrent = plan.migrations[1].path.read_text()
+    concurrent = plan.migrations[1].text
     assert "-- migrate:up transaction:false" in concurrent and "CREATE INDEX CONCURRENTLY" in concurrent
     project.undo()
 
@@ -324,11 +325,12 @@ def test_tenant_tables_go_to_tenant_migrations_unqualified(project: Project, tmp
     )
     plan = project.step(user, project_res, task)
     tenant = next(m for m in plan.migrations if m.scope == "tenant")
-    assert tenant.path.parent == tmp_path / "priv/app/tenant_migrations"
+    assert tenant.path.parent.as_posix() == "priv/app/tenant_migrations"
     assert 'CREATE TABLE "projects"' in tenant.text and 'REFERENCES "public"."users"' in tenant.text
     assert 'REFERENCES "projects"' in tenant.text
-    assert (tmp_path / "priv/resource_snapshots/app/tenants/projects").is_dir()
-    assert (tmp_path / "priv/resource_snapshots/app/users").is_dir()
+    stored = project.store(project.history[-1][0]).read("priv/resource_snapshots/app")
+    assert any(p.startswith("priv/resource_snapshots/app/tenants/projects/") for p in stored)
+    assert any(p.startswith("priv/resource_snapshots/app/users/") for p in stored)
     project.undo()
 
 
@@ -340,3 +342,93 @@ def test_example_config_round_trip(project: Project) -> None:
     plan = project.step(*texts)
     assert [m.scope for m in plan.migrations] == ["global", "tenant"]
     project.undo()
+
+
+# -- regressions found in review: combinations that PostgreSQL rejected in the up or the down ---------------
+
+
+def test_renamed_parent_with_changed_child_key_round_trips(project: Project) -> None:
+    child = "    - {name: parent_id, type: bigint, references: {resource: parent%s}}\n"
+    project.step(res("parent", "parents", ID), res("child", "children", ID + child % ""))
+    project.step(
+        res("parent", "folks", ID, "  renamedFrom: parents\n"),
+        res("child", "children", ID + child % ", onDelete: cascade"),
+    )
+    project.undo()  # the down re-adds the original constraint, to the original table name
+
+
+def test_renamed_key_column_with_identity_index_and_self_reference(project: Project) -> None:
+    def parent(table: str, column: str, extra: str = "", hint: str = "") -> str:
+        return res(
+            "parent",
+            table,
+            f"    - {{name: {column}, type: bigint, primaryKey: true{hint}}}\n    - {{name: code, type: text}}\n"
+            "    - {name: parent_id, type: bigint, references: {resource: parent, index: true}}\n",
+            f"  identities:\n    - {{name: k, keys: [{column}, code]}}\n  indexes:\n    - {{fields: [{column}, parent_id]}}\n"
+            + extra,
+        )
+
+    child = res("child", "children", ID + "    - {name: pid, type: bigint, references: {resource: parent}}\n")
+    project.step(parent("parents", "id"), child)
+    project.execute("INSERT INTO parents (id, code) VALUES (1, 'a')")
+    project.step(parent("folks", "key", "  renamedFrom: parents\n", ", renamedFrom: id"), child)
+    assert project.query("SELECT key, code FROM folks") == [(1, "a")]
+    project.undo()
+
+
+def test_type_change_under_a_foreign_key(project: Project) -> None:
+    def pair(type_: str) -> tuple[str, str]:
+        parent = res("parent", "parents", f"    - {{name: id, type: {type_}, primaryKey: true}}\n")
+        child = res("child", "children", ID + f"    - {{name: pid, type: {type_}, references: {{resource: parent}}}}\n")
+        return parent, child
+
+    project.step(*pair("integer"))
+    plan = project.step(*pair("bigint"))
+    assert kinds(plan)[0] == "DropForeignKey" and kinds(plan)[-1] == "AddForeignKey"
+    project.undo()
+
+
+def test_key_backing_a_foreign_key_changes(project: Project) -> None:
+    attrs = "    - {name: id, type: bigint, allowNull: false}\n    - {name: v, type: bigint, allowNull: false}\n"
+    child = res(
+        "child", "children", ID + "    - {name: pid, type: bigint, references: {resource: parent, column: id}}\n"
+    )
+    identity = "  identities:\n    - {name: uid, keys: [id]}\n"
+    project.step(res("parent", "parents", attrs, f"  primaryKey: [id]\n{identity}"), child)
+    project.step(res("parent", "parents", attrs, f"  primaryKey: [id, v]\n{identity}"), child)
+    project.undo()
+
+
+def test_identity_column_to_plain_nullable_with_default(project: Project) -> None:
+    project.step(res("t", "things", ID + "    - {name: n, type: bigint, generated: identity}\n"))
+    plan = project.step(res("t", "things", ID + "    - {name: n, type: bigint, default: 0}\n"))
+    assert kinds(plan)[0] == "AlterIdentity"
+    project.undo()
+
+
+def test_dropping_a_concurrent_index_and_its_down(project: Project) -> None:
+    attrs = ID + "    - {name: c, type: text}\n"
+    project.step(res("t", "things", attrs, "  indexes:\n    - {fields: [c], concurrently: true}\n"))
+    plan = project.step(res("t", "things", attrs))
+    assert "CONCURRENTLY" not in plan.migrations[0].text.split("-- migrate:down")[1]
+    project.undo()
+
+
+def test_comment_in_user_sql_does_not_swallow_the_terminator(project: Project) -> None:
+    project.step(
+        res(
+            "t",
+            "things",
+            ID + "    - {name: c, type: text}\n",
+            "  checkConstraints:\n    - {name: not_empty, check: \"c <> '' -- no empty strings\"}\n",
+        )
+    )
+
+
+def test_global_drop_that_a_tenant_key_depends_on_is_refused(project: Project) -> None:
+    plan_table = res("plan", "plans", ID)
+    task = "    - {name: plan_id, type: bigint%s}\n"
+    ctx = "  multitenancy: {strategy: context}\n"
+    project.step(plan_table, res("task", "tasks", ID + task % ", references: {resource: plan}", ctx))
+    with pytest.raises(generate.DestructiveChangeError, match="tenant foreign key tasks_plan_id_fkey"):
+        project.step(res("task", "tasks", ID + task % "", ctx), allow_destructive=True)

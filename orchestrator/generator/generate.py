@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator import model, pgtypes
+from orchestrator import model, pgtypes, state
 from orchestrator.errors import BadInputError, OrchestratorError
 from orchestrator.generator import compare, order, snapshots
 from orchestrator.generator import operations as ops
@@ -69,15 +69,14 @@ class Plan:
         """Every (path, text) to write: migrations first, then snapshots."""
         return [(m.path, m.text) for m in self.migrations] + [(s.path, s.text) for s in self.snapshots]
 
-    def write(self) -> None:
-        for path, text in self.files():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+    def write(self, store: state.Store) -> None:
+        """Write every file through the store (paths relative to the root)."""
+        store.write({path.as_posix(): text for path, text in self.files()})
 
 
 def plan(
     cfg: model.Config,
-    root: Path,
+    stores: Callable[[model.Repo], state.Store],
     *,
     repo: str | None = None,
     name: str | None = None,
@@ -94,7 +93,7 @@ def plan(
     result = Plan()
     refused: list[str] = []
     for item in repos:
-        _plan_repo(item, cfg.tables_of(item.name), root, name, allow_destructive, now, result, refused)
+        _plan_repo(item, cfg.tables_of(item.name), stores(item), name, allow_destructive, now, result, refused)
     if refused:
         raise DestructiveChangeError(_refusal(refused))
     return result
@@ -103,17 +102,18 @@ def plan(
 def _plan_repo(
     repo: model.Repo,
     tables: Sequence[model.Table],
-    root: Path,
+    store: state.Store,
     name: str,
     allow_destructive: bool,
     now: dt.datetime | None,
     result: Plan,
     refused: list[str],
 ) -> None:
-    base = root / repo.snapshots_path
-    old = {key: table for key, (_, table) in snapshots.load_dir(base, repo.name).items()}
-    version = _first_version(root, repo, now)
-    installed = snapshots.load_extensions(base)
+    base = Path(repo.snapshots_path)
+    stored = store.read(repo.snapshots_path)
+    old = {key: table for key, (_, table) in snapshots.load(stored, repo.snapshots_path, repo.name).items()}
+    version = _first_version(store, repo, now)
+    installed = snapshots.load_extensions(stored, repo.snapshots_path)
     new_extensions = [e for e in repo.extensions if e not in installed]
     global_old = {k: t for k, t in old.items() if not t.is_tenant}
     global_renames = compare.renames(compare.matches(global_old, [t for t in tables if not t.is_tenant]))
@@ -140,7 +140,7 @@ def _plan_repo(
         snapshot_version = version
         if operations:
             version = _emit(
-                repo, scope, path, operations, diff.resources, root, name, version, allow_destructive, result, refused
+                repo, scope, path, operations, diff.resources, name, version, allow_destructive, result, refused
             )
         for key, table in sorted(diff.snapshots.items()):
             file = base / snapshots.folder(key) / f"{snapshot_version}.json"
@@ -156,7 +156,6 @@ def _emit(
     path: str,
     operations: list[ops.Operation],
     resources: set[str],
-    root: Path,
     name: str,
     version: str,
     allow_destructive: bool,
@@ -172,7 +171,7 @@ def _emit(
     transactional, concurrent = order.split(ordered)
     for part, suffix in ((transactional, ""), (concurrent, "_concurrently")):
         if part:
-            file = root / path / f"{version}_{name}{suffix}.sql"
+            file = Path(path) / f"{version}_{name}{suffix}.sql"
             text = _migration_text(part, sources, concurrent=bool(suffix))
             result.migrations.append(Migration(file, repo.name, scope, tuple(part), text))
             version = _next(version)
@@ -194,19 +193,17 @@ def _migration_text(operations: Sequence[ops.Operation], sources: str, *, concur
 # -- versions ------------------------------------------------------------------------------------------------
 
 
-def existing_versions(root: Path, repo: model.Repo) -> list[str]:
-    """Versions of the migration files already in the repo's two directories."""
+def existing_versions(store: state.Store, repo: model.Repo) -> list[str]:
+    """Versions of the migrations already in the repo's two directories."""
     found = []
     for path in (repo.migrations_path, repo.tenant_migrations_path):
-        directory = root / path
-        if directory.is_dir():
-            found += [m.group(1) for p in directory.iterdir() if (m := _VERSION.match(p.name))]
+        found += [m.group(1) for name in store.read(path) if (m := _VERSION.match(name.rpartition("/")[2]))]
     return sorted(found)
 
 
-def _first_version(root: Path, repo: model.Repo, now: dt.datetime | None) -> str:
+def _first_version(store: state.Store, repo: model.Repo, now: dt.datetime | None) -> str:
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d%H%M%S")
-    existing = existing_versions(root, repo)
+    existing = existing_versions(store, repo)
     return stamp if not existing or stamp > existing[-1] else _next(existing[-1])
 
 

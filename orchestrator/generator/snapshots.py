@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,39 +52,41 @@ def render(table: model.Table | None) -> str:
     return json.dumps(body, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
-def load_dir(base: Path, repo: str) -> dict[str, tuple[str, model.Table]]:
-    """Return key -> (version, table) for every table whose newest snapshot is not a tombstone."""
+def load(stored: Mapping[str, str], prefix: str, repo: str) -> dict[str, tuple[str, model.Table]]:
+    """Return key -> (version, table) for every table whose newest snapshot is not a tombstone.
+
+    ``stored`` maps paths (relative to the root) to texts: every file under ``prefix``, the snapshots path.
+    """
+    newest: dict[str, str] = {}
+    for path in stored:
+        folder_path, _, file_name = path.rpartition("/")
+        match = _VERSION_FILE.match(file_name)
+        if match and folder_path.startswith(prefix.rstrip("/") + "/") and match.group(1) > newest.get(folder_path, ""):
+            newest[folder_path] = match.group(1)
     found: dict[str, tuple[str, model.Table]] = {}
-    if not base.is_dir():
-        return found
-    for directory in sorted(p for p in base.rglob("*") if p.is_dir()):
-        versions = sorted(m.group(1) for p in directory.iterdir() if (m := _VERSION_FILE.match(p.name)))
-        if not versions:
-            continue
-        newest = directory / f"{versions[-1]}.json"
-        data = _read(newest)
+    for folder_path, version in sorted(newest.items()):
+        path = f"{folder_path}/{version}.json"
+        data = _read(path, stored[path])
         if data.get("dropped"):
             continue
         table = from_canonical(data["table"], repo)
-        found[table.key] = (versions[-1], table)
+        found[table.key] = (version, table)
     return found
 
 
-def load_extensions(base: Path) -> tuple[str, ...]:
-    path = base / "extensions.json"
-    if not path.exists():
-        return ()
-    return tuple(_read(path).get("installed", ()))
+def load_extensions(stored: Mapping[str, str], prefix: str) -> tuple[str, ...]:
+    path = f"{prefix.rstrip('/')}/extensions.json"
+    return tuple(_read(path, stored[path]).get("installed", ())) if path in stored else ()
 
 
 def render_extensions(names: tuple[str, ...]) -> str:
     return json.dumps({"format": FORMAT, "installed": sorted(names)}, indent=2) + "\n"
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: str, text: str) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        data = json.loads(text)
+    except ValueError as exc:
         raise SnapshotError(f"cannot read snapshot {path}: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise SnapshotError(f"snapshot {path} is not an orchestrator snapshot (format {FORMAT})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,11 +57,9 @@ class MigrationFile:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
 
-def directory(path: Path) -> list[MigrationFile]:
-    """Every migration file of a directory, by version; a missing directory has none."""
-    if not path.is_dir():
-        return []
-    found = [parse(p) for p in sorted(path.iterdir()) if p.suffix == ".sql" and p.is_file()]
+def collection(stored: Mapping[str, str]) -> list[MigrationFile]:
+    """Every migration of a directory, by version, from path -> text (a store's listing of the directory)."""
+    found = [parse(Path(path), text) for path, text in sorted(stored.items()) if path.endswith(".sql")]
     versions: dict[int, Path] = {}
     for migration in found:
         if migration.version in versions:

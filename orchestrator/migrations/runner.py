@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from orchestrator import db, model
+from orchestrator import db, model, state
 from orchestrator.errors import DatabaseError
 from orchestrator.migrations import executor, files, locking, planner, recorder, retry
 
@@ -44,9 +44,23 @@ class Runner:
     cfg: model.Config
     root: Path
     out: Out = print
+    state_kind: str = "files"
+    _stores: dict[str, state.Store] = field(default_factory=dict)
 
     def repos(self, name: str | None) -> tuple[model.Repo, ...]:
         return self.cfg.repos if name is None else tuple(r for r in self.cfg.repos if r.name == name)
+
+    def store(self, repo: model.Repo) -> state.Store:
+        """Where the repo's migrations (and the generator's snapshots) are kept: files or the database."""
+        if repo.name not in self._stores:
+            self._stores[repo.name] = state.store(self.state_kind, repo, self.root)
+        return self._stores[repo.name]
+
+    def migrations(self, repo: model.Repo) -> list[files.MigrationFile]:
+        """The repo's global migrations (the files directly in migrationsPath), by version."""
+        directory = repo.migrations_path.rstrip("/")
+        stored = self.store(repo).read(directory)
+        return files.collection({p: t for p, t in stored.items() if p.rpartition("/")[0] == directory})
 
     # -- commands ------------------------------------------------------------------------------------------
 
@@ -59,7 +73,7 @@ class Runner:
         strict: bool = False,
         dry_run: bool = False,
     ) -> list[files.MigrationFile]:
-        migrations = files.directory(self.root / repo.migrations_path)
+        migrations = self.migrations(repo)
 
         def work(conn: psycopg.Connection[Any], target: executor.Target) -> list[files.MigrationFile]:
             todo = planner.pending(migrations, recorder.applied(conn, target.schema), to=to, step=step, strict=strict)
@@ -79,7 +93,7 @@ class Runner:
     def rollback(
         self, repo: model.Repo, *, step: int | None = None, to: int | None = None, dry_run: bool = False
     ) -> list[files.MigrationFile]:
-        migrations = files.directory(self.root / repo.migrations_path)
+        migrations = self.migrations(repo)
 
         def work(conn: psycopg.Connection[Any], target: executor.Target) -> list[files.MigrationFile]:
             stored = recorder.stored_texts(conn, target.scope)
@@ -98,7 +112,7 @@ class Runner:
         return done
 
     def status(self, repo: model.Repo) -> Status:
-        migrations = files.directory(self.root / repo.migrations_path)
+        migrations = self.migrations(repo)
 
         def work(conn: psycopg.Connection[Any], target: executor.Target) -> Status:
             applied = recorder.applied(conn, target.schema)
@@ -117,7 +131,7 @@ class Runner:
 
     def repair(self, repo: model.Repo) -> list[int]:
         """Record the current checksum (and text) of applied migrations whose files were edited on purpose."""
-        migrations = files.directory(self.root / repo.migrations_path)
+        migrations = self.migrations(repo)
 
         def work(conn: psycopg.Connection[Any], target: executor.Target) -> list[int]:
             fixed = []

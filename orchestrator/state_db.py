@@ -1,0 +1,85 @@
+"""The database backend of ``state``: generator state in ``orchestrator.state_files`` of the repo's database."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from orchestrator import db, model
+from orchestrator.migrations import locking
+
+_TABLE = sql.Identifier("orchestrator", "state_files")
+
+
+class DatabaseStore:
+    """State in ``orchestrator.state_files`` of the repo's database."""
+
+    kind = "database"
+
+    def __init__(self, repo: model.Repo, root: Path) -> None:
+        self.repo = repo
+        self.info = db.conninfo(repo, root)
+        self._conn: psycopg.Connection[Any] | None = None
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._conn is not None:
+            yield self._conn
+            return
+        with db.connect_to(self.info, self.repo) as conn:
+            _ensure(conn)
+            yield conn
+
+    def read(self, prefix: str) -> dict[str, str]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                sql.SQL("SELECT path, body FROM {} WHERE starts_with(path, %s) ORDER BY path").format(_TABLE),
+                (prefix.rstrip("/") + "/",),
+            ).fetchall()
+        return {str(path): str(body) for path, body in rows}
+
+    def write(self, files: Mapping[str, str]) -> None:
+        with self._connection() as conn, conn.transaction():
+            for path, body in files.items():
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (path, body) VALUES (%s, %s) ON CONFLICT (path) DO UPDATE "
+                        "SET body = EXCLUDED.body, written_at = now()"
+                    ).format(_TABLE),
+                    (path, body),
+                )
+
+    @contextmanager
+    def generating(self) -> Iterator[None]:
+        with db.connect_to(self.info, self.repo) as conn:
+            _ensure(conn)
+            key = locking.key(db.database_name(self.info), "orchestrator:generate")
+            with locking.advisory_lock(conn, key, self.repo.timeouts.lock_wait_ms, f"{self.repo.name} (generate)"):
+                self._conn = conn
+                try:
+                    yield
+                finally:
+                    self._conn = None
+
+
+def _ensure(conn: psycopg.Connection[Any]) -> None:
+    for statement in (
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS orchestrator"),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (path text PRIMARY KEY, body text NOT NULL, "
+            "written_at timestamptz NOT NULL DEFAULT now())"
+        ).format(_TABLE),
+    ):
+        with (
+            contextlib.suppress(
+                psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateSchema
+            ),
+            conn.transaction(),
+        ):
+            conn.execute(statement)
