@@ -364,8 +364,8 @@ def test_renamed_key_column_with_identity_index_and_self_reference(project: Proj
             table,
             f"    - {{name: {column}, type: bigint, primaryKey: true{hint}}}\n    - {{name: code, type: text}}\n"
             "    - {name: parent_id, type: bigint, references: {resource: parent, index: true}}\n",
-            f"  identities:\n    - {{name: k, keys: [{column}, code]}}\n  indexes:\n    - {{fields: [{column}, parent_id]}}\n"
-            + extra,
+            f"  identities:\n    - {{name: k, keys: [{column}, code]}}\n"
+            f"  indexes:\n    - {{fields: [{column}, parent_id]}}\n" + extra,
         )
 
     child = res("child", "children", ID + "    - {name: pid, type: bigint, references: {resource: parent}}\n")

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from orchestrator import state_db
 from tests.conftest import Result, run_cli, with_dbname, write
 
 REPOS = """apiVersion: orchestrator/v1
@@ -36,13 +37,16 @@ spec:
 
 @dataclass
 class Env:
+    """Two repos in two databases; migrations kept as files or in the database (``state``)."""
+
     root: Path
     app: str
     analytics: str
+    state: str = "files"
 
     @property
     def vars(self) -> dict[str, str]:
-        return {"APP_URL": self.app, "ANALYTICS_URL": self.analytics}
+        return {"APP_URL": self.app, "ANALYTICS_URL": self.analytics, "ORCHESTRATOR_STATE": self.state}
 
     def cli(self, *args: str) -> Result:
         return run_cli(*args, cwd=self.root, env=self.vars)
@@ -62,23 +66,51 @@ class Env:
         self, version: int, up: str, down: str = "", *, repo: str = "app", name: str = "m", transaction: bool = True
     ) -> Path:
         flag = "" if transaction else " transaction:false"
-        path = self.root / "priv" / repo / "migrations" / f"{version}_{name}.sql"
-        write(path, f"-- migrate:up{flag}\n{up}\n-- migrate:down{flag}\n{down}\n")
+        path = Path("priv") / repo / "migrations" / f"{version}_{name}.sql"
+        self.put(path, f"-- migrate:up{flag}\n{up}\n-- migrate:down{flag}\n{down}\n", repo)
         return path
+
+    def put(self, path: Path, text: str, repo: str = "app") -> None:
+        """Write a migration where the runner reads it: a file, or a row of orchestrator.state_files."""
+        if self.state == "files":
+            write(self.root / path, text)
+            return
+        with psycopg.connect(self.app if repo == "app" else self.analytics, autocommit=True) as conn:
+            state_db._ensure(conn)
+            conn.execute(
+                "INSERT INTO orchestrator.state_files (path, body) VALUES (%s, %s) ON CONFLICT (path) "
+                "DO UPDATE SET body = EXCLUDED.body",
+                (path.as_posix(), text),
+            )
+
+    def read(self, path: Path) -> str:
+        if self.state == "files":
+            return (self.root / path).read_text()
+        with psycopg.connect(self.app) as conn:
+            row = conn.execute("SELECT body FROM orchestrator.state_files WHERE path = %s", (path.as_posix(),))
+            return str(row.fetchone()[0])  # type: ignore[index]
+
+    def remove(self, path: Path) -> None:
+        if self.state == "files":
+            (self.root / path).unlink()
+        else:
+            with psycopg.connect(self.app, autocommit=True) as conn:
+                conn.execute("DELETE FROM orchestrator.state_files WHERE path = %s", (path.as_posix(),))
 
     def query(self, text: str, url: str | None = None) -> list[tuple[object, ...]]:
         with psycopg.connect(url or self.app) as conn:
             return conn.execute(text.encode()).fetchall()
 
 
-@pytest.fixture
-def env(tmp_path: Path, server_url: str) -> Iterator[Env]:
+@pytest.fixture(params=["files", "database"])
+def env(request: pytest.FixtureRequest, tmp_path: Path, server_url: str) -> Iterator[Env]:
+    """The same runner tests on both state backends."""
     names = [f"orch_run_{uuid.uuid4().hex[:8]}" for _ in range(2)]
     with psycopg.connect(server_url, autocommit=True) as conn:
         for name in names:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     write(tmp_path / "config" / "repos.yaml", REPOS.format(lock_timeout="5s", attempts=5))
-    yield Env(tmp_path, with_dbname(server_url, names[0]), with_dbname(server_url, names[1]))
+    yield Env(tmp_path, with_dbname(server_url, names[0]), with_dbname(server_url, names[1]), request.param)
     with psycopg.connect(server_url, autocommit=True) as conn:
         for name in names:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -200,7 +232,7 @@ def test_failing_statement_leaves_nothing_behind(env: Env) -> None:
     )
     result = env.cli("migrate", "--repo", "app")
     assert result.code == 1
-    assert f"{path.relative_to(env.root)}:4: 42P01" in result.err or f"{path}:4: 42P01" in result.err
+    assert f"{path}:4: 42P01" in result.err
     assert 'relation "missing" does not exist' in result.err
     assert "statement: INSERT INTO missing VALUES (1)" in result.err
     assert "first" not in tables(env.app) and versions(env.app) == []
@@ -264,7 +296,7 @@ def test_invalid_concurrent_index_is_dropped_before_the_retry(env: Env) -> None:
 def test_rollback_works_after_the_file_is_gone(env: Env) -> None:
     path = env.migration(20260101000001, "CREATE TABLE gone (id int);", "DROP TABLE gone;")
     assert env.cli("migrate", "--repo", "app").code == 0
-    path.unlink()
+    env.remove(path)
     status = env.cli("status", "--repo", "app")
     assert "file missing" in status.out
     result = env.cli("rollback", "--repo", "app")
@@ -275,7 +307,7 @@ def test_rollback_works_after_the_file_is_gone(env: Env) -> None:
 def test_edited_file_blocks_migrate_until_repaired(env: Env) -> None:
     path = env.migration(20260101000001, "CREATE TABLE e (id int);", "DROP TABLE e;")
     assert env.cli("migrate", "--repo", "app").code == 0
-    path.write_text(path.read_text().replace("DROP TABLE e;", "DROP TABLE IF EXISTS e;"))
+    env.put(path, env.read(path).replace("DROP TABLE e;", "DROP TABLE IF EXISTS e;"))
     env.migration(20260101000002, "CREATE TABLE f (id int);", "DROP TABLE f;")
     status = env.cli("status", "--repo", "app")
     assert status.code == 1 and "edited       20260101000001_m" in status.out
@@ -321,3 +353,39 @@ def test_create_and_drop(env: Env, server_url: str) -> None:
     assert run_cli("drop", "--repo", "app", "--force", cwd=env.root, env=env_vars).out == "app: dropped\n"
     with psycopg.connect(server_url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)).fetchone() == (0,)
+
+
+def test_database_state_generates_once_across_processes(tmp_path: Path, database_url: str) -> None:
+    """Two replicas generating at once under --state database: one migration, no files, then migrate."""
+    from tests.harness import res
+
+    env = {"APP_URL": database_url, "ORCHESTRATOR_STATE": "database"}
+    write(
+        tmp_path / "config/repo.yaml",
+        "apiVersion: orchestrator/v1\nkind: Repo\nmetadata: {name: app}\nspec:\n  url: ${APP_URL}\n",
+    )
+    write(tmp_path / "config/things.yaml", res("thing", "things", "    - {name: id, type: bigint, primaryKey: true}\n"))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")} | env
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "generate-migrations"],
+            cwd=tmp_path,
+            env=base,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert sum("wrote priv/app/migrations/" in out for out, _ in outputs) == 1
+    assert sum(out.startswith("No changes detected") for out, _ in outputs) == 2
+    assert not (tmp_path / "priv").exists()
+    with psycopg.connect(database_url) as conn:
+        paths = [str(r[0]) for r in conn.execute("SELECT path FROM orchestrator.state_files ORDER BY 1")]
+    assert len([p for p in paths if p.startswith("priv/app/migrations/")]) == 1
+    assert any(p.startswith("priv/resource_snapshots/app/things/") for p in paths)
+    assert run_cli("migrate", cwd=tmp_path, env=env).code == 0
+    assert "things" in tables(database_url)
+    assert run_cli("generate-migrations", "--check", cwd=tmp_path, env=env).code == 0
