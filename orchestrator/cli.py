@@ -111,6 +111,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refuse a pending migration older than the newest applied one",
     )
+    _tenant_options(migrate)
+    migrate.add_argument(
+        "--retry-failed", action="store_true", help="with --tenants: only the tenants that failed in their last rollout"
+    )
     migrate.set_defaults(handler=cmd_migrate)
 
     rollback = sub.add_parser("rollback", parents=[common], help="run down migrations (default: one)")
@@ -119,10 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--step", type=_positive, metavar="N", help="roll back the newest N migrations")
     group.add_argument("--to", type=int, metavar="V", help="roll back every migration newer than version V")
     rollback.add_argument("--dry-run", action="store_true", help="print the SQL that would run, in order")
+    _tenant_options(rollback)
     rollback.set_defaults(handler=cmd_rollback)
 
     status = sub.add_parser("status", parents=[common], help="applied, pending and edited migrations")
     status.add_argument("--repo", help="only this repo")
+    status.add_argument("--tenants", action="store_true", help="the tenant migrations of every listed tenant")
     status.set_defaults(handler=cmd_status)
 
     repair = sub.add_parser(
@@ -161,6 +167,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
         tables = ", ".join(t.key for t in cfg.tables_of(repo.name)) or "no tables"
         print(f"  {repo.name}: {tables}")
     return EXIT_OK
+
+
+def _tenant_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tenants", action="store_true", help="the tenant migrations, in every tenant the repo's source lists"
+    )
+    parser.add_argument("--only-tenants", type=_names, metavar="A,B", help="with --tenants: only these tenants")
+    parser.add_argument("--except-tenants", type=_names, default=[], metavar="C", help="with --tenants: not these")
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _positive(text: str) -> int:
@@ -208,6 +226,10 @@ def cmd_drop(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    if args.tenants:
+        return _tenant_rollout(args, "up")
+    if args.retry_failed or args.only_tenants or args.except_tenants:
+        raise BadInputError("--retry-failed, --only-tenants and --except-tenants go with --tenants")
     run = _runner(args)
     report = []
     for repo in run.repos(args.repo):
@@ -219,6 +241,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    if args.tenants:
+        return _tenant_rollout(args, "down")
     run = _runner(args)
     report = []
     for repo in run.repos(args.repo):
@@ -229,7 +253,59 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _tenant_rollout(args: argparse.Namespace, direction: str) -> int:
+    from orchestrator import logs
+    from orchestrator.migrations import rollout
+
+    logs.configure()
+    run = _runner(args)
+    options = rollout.Options(
+        direction=direction,
+        only=args.only_tenants,
+        exclude=args.except_tenants,
+        retry_failed=getattr(args, "retry_failed", False),
+        step=args.step,
+        to=args.to,
+        dry_run=args.dry_run,
+    )
+    reports = []
+    for repo in run.repos(args.repo):
+        if repo.tenants is None:
+            if args.repo:
+                raise BadInputError(f"repo {repo.name!r} has no tenants source (spec.tenants)")
+            continue
+        results = run.tenant_rollout(repo, progress=sys.stderr.isatty() and not args.json).run(options)
+        reports.append((repo.name, results))
+    if args.json:
+        _print_json({"repos": [{"repo": name, "tenants": [r.as_dict() for r in results]} for name, results in reports]})
+    elif not args.dry_run:
+        for name, results in reports:
+            _print_rollout(name, results)
+    failed = any(r.status == "failed" for _, results in reports for r in results)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _print_rollout(repo: str, results: list[Any]) -> None:
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    print(f"{repo}: {len(results)} tenants: {summary or 'none listed'}")
+    shown = [r for r in results if r.status not in ("up to date",)]
+    if not shown:
+        return
+    if len(shown) > 50:  # a summary line per state is enough for a large fleet; failures always shown
+        shown = [r for r in shown if r.status in ("failed", "skipped")]
+    width = max([len("tenant"), *(len(r.tenant) for r in shown)])
+    print(f"  {'tenant':<{width}}  {'status':<11}  {'tries':>5}  {'ms':>6}  detail")
+    for r in shown:
+        detail = r.error or ", ".join(r.applied)
+        print(f"  {r.tenant:<{width}}  {r.status:<11}  {r.attempts:>5}  {r.ms:>6}  {detail}")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.tenants:
+        return _tenant_status(args)
     run = _runner(args)
     statuses = [run.status(repo) for repo in run.repos(args.repo)]
     if args.json:
@@ -243,6 +319,31 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"  {'pending':<12} {version}_{name}")
     edited = any(state == "edited" for s in statuses for _, _, state in s.applied)
     return EXIT_FAILED if edited else EXIT_OK
+
+
+def _tenant_status(args: argparse.Namespace) -> int:
+    run = _runner(args)
+    reports = [run.tenant_status(repo) for repo in run.repos(args.repo) if repo.tenants is not None]
+    if args.json:
+        _print_json({"repos": reports})
+    else:
+        for report in reports:
+            rows = report["tenants"]
+            behind = [t for t in rows if t["pending"]]
+            failed = [t for t in rows if t["last_status"] == "failed"]
+            print(
+                f"{report['repo']}: {len(rows)} tenants, {len(rows) - len(behind)} up to date, {len(behind)} behind, "
+                f"{len(failed)} failed in their last rollout"
+            )
+            for tenant in rows:
+                if tenant["pending"] or tenant["last_status"] == "failed":
+                    error = f"  last error: {tenant['last_error']}" if tenant["last_status"] == "failed" else ""
+                    print(
+                        f"  {tenant['tenant']}: {len(tenant['applied'])} applied, "
+                        f"{len(tenant['pending'])} pending{error}"
+                    )
+    bad = any(t["pending"] or t["last_status"] == "failed" for r in reports for t in r["tenants"])
+    return EXIT_FAILED if bad else EXIT_OK
 
 
 def cmd_repair(args: argparse.Namespace) -> int:

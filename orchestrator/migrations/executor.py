@@ -64,6 +64,7 @@ def apply(
     direction: str,
     *,
     log: Callable[[str], None] = lambda _: None,
+    store_text: bool = True,
 ) -> int:
     """Run ``migration`` ``up`` or ``down`` on ``target``; return its duration in milliseconds."""
     section = migration.up if direction == "up" else migration.down
@@ -73,11 +74,11 @@ def apply(
             _settings(conn, target, local=True)
             for statement in section.located():
                 _execute(conn, migration, statement)
-            _finish(conn, target, migration, direction, _ms(started))
+            _finish(conn, target, migration, direction, _ms(started), store_text)
     else:
         _non_transactional(conn, target, migration, direction, section, log)
         with conn.transaction():
-            _finish(conn, target, migration, direction, _ms(started))
+            _finish(conn, target, migration, direction, _ms(started), store_text)
             recorder.clear_progress(conn, target.name, _progress_key(migration, direction))
     return _ms(started)
 
@@ -108,7 +109,12 @@ def _progress_key(migration: files.MigrationFile, direction: str) -> int:
 
 
 def _finish(
-    conn: psycopg.Connection[Any], target: Target, migration: files.MigrationFile, direction: str, duration_ms: int
+    conn: psycopg.Connection[Any],
+    target: Target,
+    migration: files.MigrationFile,
+    direction: str,
+    duration_ms: int,
+    store_text: bool,
 ) -> None:
     if direction == "up":
         recorder.record(
@@ -119,14 +125,15 @@ def _finish(
             checksum=migration.checksum,
             duration_ms=duration_ms,
         )
-        recorder.store_text(
-            conn,
-            target.scope,
-            version=migration.version,
-            name=migration.name,
-            checksum=migration.checksum,
-            body=migration.text,
-        )
+        if store_text:  # a tenant rollout stores each text once, not once per tenant
+            recorder.store_text(
+                conn,
+                target.scope,
+                version=migration.version,
+                name=migration.name,
+                checksum=migration.checksum,
+                body=migration.text,
+            )
     else:
         recorder.forget(conn, target.schema, migration.version)
 

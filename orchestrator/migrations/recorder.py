@@ -37,25 +37,56 @@ def _table(schema: str) -> sql.Identifier:
 
 def ensure(conn: psycopg.Connection[Any], schema: str) -> None:
     """Create (or adopt) the bookkeeping tables; safe to run concurrently from several processes."""
-    statements = [
-        sql.SQL("CREATE TABLE IF NOT EXISTS {} (version bigint PRIMARY KEY, inserted_at timestamp(0))").format(
-            _table(schema)
-        ),
-        sql.SQL(
-            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS name text, ADD COLUMN IF NOT EXISTS checksum text, "
-            "ADD COLUMN IF NOT EXISTS duration_ms integer"
-        ).format(_table(schema)),
-        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)),
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (scope text NOT NULL, version bigint NOT NULL, name text NOT NULL, "
-            "checksum text NOT NULL, body text NOT NULL, stored_at timestamptz NOT NULL DEFAULT now(), "
-            "PRIMARY KEY (scope, version))"
-        ).format(sql.Identifier(SCHEMA, "migrations")),
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (target text NOT NULL, version bigint NOT NULL, "
-            "statements_done integer NOT NULL, PRIMARY KEY (target, version))"
-        ).format(sql.Identifier(SCHEMA, "progress")),
-    ]
+    ensure_target(conn, schema)
+    ensure_shared(conn)
+
+
+def ensure_target(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Create or adopt one target's ``schema_migrations``."""
+    _run_all(
+        conn,
+        [
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} (version bigint PRIMARY KEY, inserted_at timestamp(0))").format(
+                _table(schema)
+            ),
+            sql.SQL(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS name text, ADD COLUMN IF NOT EXISTS checksum text, "
+                "ADD COLUMN IF NOT EXISTS duration_ms integer"
+            ).format(_table(schema)),
+        ],
+    )
+
+
+def ensure_shared(conn: psycopg.Connection[Any]) -> None:
+    """Create the ``orchestrator`` schema and its tables (once per database)."""
+    _run_all(
+        conn,
+        [
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)),
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (scope text NOT NULL, version bigint NOT NULL, name text NOT NULL, "
+                "checksum text NOT NULL, body text NOT NULL, stored_at timestamptz NOT NULL DEFAULT now(), "
+                "PRIMARY KEY (scope, version))"
+            ).format(sql.Identifier(SCHEMA, "migrations")),
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (target text NOT NULL, version bigint NOT NULL, "
+                "statements_done integer NOT NULL, PRIMARY KEY (target, version))"
+            ).format(sql.Identifier(SCHEMA, "progress")),
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+                "direction text NOT NULL, started_at timestamptz NOT NULL DEFAULT now(), finished_at timestamptz, "
+                "tenants integer NOT NULL, failed integer)"
+            ).format(sql.Identifier(SCHEMA, "rollouts")),
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (rollout_id bigint NOT NULL, tenant text NOT NULL, "
+                "status text NOT NULL, attempts integer NOT NULL, applied text[] NOT NULL DEFAULT '{{}}', "
+                "last_error text, finished_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (rollout_id, tenant))"
+            ).format(sql.Identifier(SCHEMA, "rollout_tenants")),
+        ],
+    )
+
+
+def _run_all(conn: psycopg.Connection[Any], statements: list[sql.Composed]) -> None:
     for statement in statements:
         # IF NOT EXISTS is not atomic: two processes creating the same table at once can collide on the catalog
         with (
@@ -143,3 +174,45 @@ def set_progress(conn: psycopg.Connection[Any], target: str, version: int, done:
 
 def clear_progress(conn: psycopg.Connection[Any], target: str, version: int) -> None:
     conn.execute("DELETE FROM orchestrator.progress WHERE target = %s AND version = %s", (target, version))
+
+
+def start_rollout(conn: psycopg.Connection[Any], direction: str, tenants: int) -> int:
+    row = conn.execute(
+        "INSERT INTO orchestrator.rollouts (direction, tenants) VALUES (%s, %s) RETURNING id", (direction, tenants)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def finish_rollout(conn: psycopg.Connection[Any], rollout: int, failed: int) -> None:
+    conn.execute("UPDATE orchestrator.rollouts SET finished_at = now(), failed = %s WHERE id = %s", (failed, rollout))
+
+
+def record_tenant(
+    conn: psycopg.Connection[Any],
+    rollout: int,
+    tenant: str,
+    *,
+    status: str,
+    attempts: int,
+    applied: list[str],
+    error: str | None,
+) -> None:
+    conn.execute(
+        "INSERT INTO orchestrator.rollout_tenants (rollout_id, tenant, status, attempts, applied, last_error) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (rollout_id, tenant) DO UPDATE SET status = EXCLUDED.status, "
+        "attempts = EXCLUDED.attempts, applied = EXCLUDED.applied, last_error = EXCLUDED.last_error, "
+        "finished_at = now()",
+        (rollout, tenant, status, attempts, applied, error),
+    )
+
+
+def last_outcomes(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, str | None]]:
+    """Each tenant's most recent rollout outcome: status and error (failures stay visible until fixed)."""
+    if not conn.execute("SELECT to_regclass('orchestrator.rollout_tenants') IS NOT NULL").fetchone()[0]:  # type: ignore[index]
+        return {}
+    rows = conn.execute(
+        "SELECT DISTINCT ON (tenant) tenant, status, last_error FROM orchestrator.rollout_tenants "
+        "ORDER BY tenant, finished_at DESC, rollout_id DESC"
+    ).fetchall()
+    return {str(t): (str(s), e) for t, s, e in rows}

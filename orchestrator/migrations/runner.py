@@ -148,6 +148,41 @@ class Runner:
 
         return self._session(repo, work, write=True)
 
+    # -- tenants -------------------------------------------------------------------------------------------
+
+    def tenant_rollout(self, repo: model.Repo, *, progress: bool = False) -> Any:
+        from orchestrator.migrations import rollout
+
+        return rollout.TenantRollout(repo, db.conninfo(repo, self.root), self.store(repo), self.out, progress)
+
+    def tenant_status(self, repo: model.Repo) -> dict[str, Any]:
+        """Per tenant: applied, pending, and the outcome of its last rollout (bulk queries)."""
+        from orchestrator import tenants
+        from orchestrator.migrations import bulk
+
+        directory = repo.tenant_migrations_path.rstrip("/")
+        stored = self.store(repo).read(directory)
+        migrations = files.collection({p: t for p, t in stored.items() if p.rpartition("/")[0] == directory})
+        with db.connect_to(db.conninfo(repo, self.root), repo) as conn:
+            names = tenants.list_tenants(repo, conn).tenants
+            states = bulk.states(conn, names)
+            outcomes = recorder.last_outcomes(conn)
+        rows = []
+        for name in names:
+            applied = states[name].applied
+            status, error = outcomes.get(name, (None, None))
+            rows.append(
+                {
+                    "tenant": name,
+                    "exists": states[name].exists,
+                    "applied": sorted(applied),
+                    "pending": [m.version for m in migrations if m.version not in applied],
+                    "last_status": status,
+                    "last_error": error,
+                }
+            )
+        return {"repo": repo.name, "tenants": rows}
+
     # -- sessions ------------------------------------------------------------------------------------------
 
     def _session(

@@ -1,0 +1,322 @@
+"""Tenant rollouts: apply (or roll back) tenant migrations in every tenant schema the repo's source lists.
+
+Where AshPostgres migrates tenants one at a time and stops at the first failure, a rollout here:
+
+* finds which tenants are behind with a few bulk queries (``bulk``), so a no-op costs a handful of queries;
+* migrates the ``canary`` tenants first, one at a time; a canary failure stops the rollout before any other
+  tenant starts;
+* fans the rest out over ``rollout.concurrency`` pooled connections, each tenant under its own advisory lock
+  with ``search_path`` set to it, retrying transient errors per tenant; a permanent error fails that tenant
+  only, and after ``maxFailures`` failures no new tenant is started;
+* records every tenant's outcome in ``orchestrator.rollout_tenants``, so ``status`` shows failures until they
+  are fixed and ``--retry-failed`` retries just those. An interrupted rollout needs nothing special: the next
+  run finds the tenants still behind.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from orchestrator import db, logs, model, state, tenants
+from orchestrator.errors import BadInputError, OrchestratorError
+from orchestrator.migrations import bulk, executor, files, locking, planner, recorder, retry
+
+Out = Callable[[str], None]
+
+
+@dataclass
+class TenantResult:
+    tenant: str
+    status: str  # migrated, rolled back, up to date, failed, skipped
+    applied: list[str] = field(default_factory=list)
+    attempts: int = 0
+    error: str | None = None
+    ms: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "status": self.status,
+            "applied": self.applied,
+            "attempts": self.attempts,
+            "error": self.error,
+            "ms": self.ms,
+        }
+
+
+@dataclass(frozen=True)
+class Options:
+    direction: str = "up"
+    only: Sequence[str] | None = None
+    exclude: Sequence[str] = ()
+    retry_failed: bool = False
+    step: int | None = None
+    to: int | None = None
+    dry_run: bool = False
+
+
+class TenantFailed(OrchestratorError):
+    """This tenant cannot be migrated as it is (missing schema, edited migration)."""
+
+
+def select(listed: Sequence[str], only: Sequence[str] | None, exclude: Sequence[str]) -> list[str]:
+    """Apply --only-tenants / --except-tenants; a name in --only-tenants the source does not list is an error."""
+    if only is not None:
+        unknown = [name for name in only if name not in listed]
+        if unknown:
+            raise BadInputError(f"--only-tenants names tenants the tenant source does not list: {', '.join(unknown)}")
+        listed = [name for name in listed if name in set(only)]
+    return [name for name in listed if name not in set(exclude)]
+
+
+@dataclass
+class TenantRollout:
+    repo: model.Repo
+    info: str
+    store: state.Store
+    out: Out = print
+    progress: bool = False
+    _migrations: list[files.MigrationFile] = field(default_factory=list)
+
+    def run(self, options: Options) -> list[TenantResult]:
+        """Run the rollout; return one result per selected tenant."""
+        with db.open_connection(self.info) as control:
+            recorder.ensure_shared(control)
+            listed = tenants.list_tenants(self.repo, control)
+            names = select(listed.tenants, options.only, options.exclude)
+            results = {name: TenantResult(name, "failed", error="invalid tenant name") for name in listed.invalid}
+            work = self._plan(control, names, options, results)
+            if options.dry_run:
+                self._show(work, options.direction)
+                return list(results.values())
+            if not work:
+                return [*results.values(), *(TenantResult(n, "up to date") for n in names if n not in results)]
+            self._store_texts(control, work, options.direction)
+            rollout = recorder.start_rollout(control, options.direction, len(work))
+            done = self._fan_out(control, rollout, work, options)
+            results.update(done)
+            recorder.finish_rollout(control, rollout, sum(r.status == "failed" for r in done.values()))
+        return [results.get(n) or TenantResult(n, "up to date") for n in names] + [
+            r for n, r in results.items() if n not in names
+        ]
+
+    # -- planning ------------------------------------------------------------------------------------------
+
+    def _plan(
+        self, control: psycopg.Connection[Any], names: list[str], options: Options, results: dict[str, TenantResult]
+    ) -> dict[str, list[files.MigrationFile]]:
+        directory = self.repo.tenant_migrations_path.rstrip("/")
+        stored = self.store.read(directory)
+        self._migrations = files.collection({p: t for p, t in stored.items() if p.rpartition("/")[0] == directory})
+        texts = recorder.stored_texts(control, "tenant") if options.direction == "down" else {}
+        states = bulk.states(control, names)
+        if options.retry_failed:
+            failed = {t for t, (status, _) in recorder.last_outcomes(control).items() if status == "failed"}
+            names = [n for n in names if n in failed]
+        work: dict[str, list[files.MigrationFile]] = {}
+        for name in names:
+            tenant_state = states[name]
+            try:
+                if options.direction == "up":
+                    todo = planner.pending(self._migrations, tenant_state.applied, to=options.to, step=options.step)
+                else:
+                    todo = planner.rollback(
+                        self._migrations, tenant_state.applied, texts, step=options.step, to=options.to
+                    )
+            except planner.PlanError as exc:
+                results[name] = TenantResult(name, "failed", error=str(exc))
+                continue
+            if todo or (not tenant_state.exists and options.direction == "up"):
+                work[name] = todo
+        return work
+
+    def _store_texts(
+        self, control: psycopg.Connection[Any], work: dict[str, list[files.MigrationFile]], direction: str
+    ) -> None:
+        if direction != "up":
+            return
+        unique = {m.version: m for todo in work.values() for m in todo}
+        with control.transaction():
+            for m in unique.values():
+                recorder.store_text(control, "tenant", version=m.version, name=m.name, checksum=m.checksum, body=m.text)
+
+    # -- running -------------------------------------------------------------------------------------------
+
+    def _fan_out(
+        self,
+        control: psycopg.Connection[Any],
+        rollout: int,
+        work: dict[str, list[files.MigrationFile]],
+        options: Options,
+    ) -> dict[str, TenantResult]:
+        canaries = [t for t in self.repo.rollout.canary if t in work]
+        rest = [t for t in work if t not in canaries]
+        concurrency = max(1, min(self.repo.rollout.concurrency, len(rest) or 1))
+        limit = self.repo.rollout.max_failures
+        results: dict[str, TenantResult] = {}
+        bar = _Progress(len(work), self.progress, self.repo.name)
+        pool = ConnectionPool(
+            self.info,
+            min_size=1,
+            max_size=concurrency,
+            open=True,
+            kwargs={"autocommit": True, "application_name": "orchestrator"},
+            configure=_watch_client,
+        )
+        try:
+            for tenant in canaries:  # one at a time; any failure stops the rollout
+                result = self._tenant(pool, tenant, options)
+                self._done(control, rollout, result, results, bar)
+                if result.status == "failed":
+                    self.out(f"{self.repo.name}: canary {tenant} failed; no other tenant was started")
+                    rest = []
+            queue = list(rest)
+            with futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tenant") as executor_:
+                running: dict[futures.Future[TenantResult], str] = {}
+                while queue or running:
+                    failed = sum(r.status == "failed" for r in results.values())
+                    while queue and len(running) < concurrency and (limit is None or failed < limit):
+                        tenant = queue.pop(0)
+                        running[executor_.submit(self._tenant, pool, tenant, options)] = tenant
+                    if not running:
+                        break
+                    finished, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+                    for future in finished:
+                        running.pop(future)
+                        self._done(control, rollout, future.result(), results, bar)
+            for tenant in [*queue, *[t for t in rest if t not in results and t not in queue]]:
+                results[tenant] = TenantResult(tenant, "skipped", error="not started: the rollout stopped")
+            if limit is not None and queue:
+                self.out(
+                    f"{self.repo.name}: stopped after {limit} failed tenants (rollout.maxFailures); "
+                    f"{len(queue)} not started"
+                )
+        finally:
+            pool.close()
+            bar.close()
+        for tenant in work:
+            results.setdefault(tenant, TenantResult(tenant, "skipped", error="not started: a canary failed"))
+        return results
+
+    def _done(
+        self,
+        control: psycopg.Connection[Any],
+        rollout: int,
+        result: TenantResult,
+        results: dict[str, TenantResult],
+        bar: _Progress,
+    ) -> None:
+        results[result.tenant] = result
+        recorder.record_tenant(
+            control,
+            rollout,
+            result.tenant,
+            status=result.status,
+            attempts=result.attempts,
+            applied=result.applied,
+            error=result.error,
+        )
+        bar.update(result)
+
+    def _tenant(self, pool: ConnectionPool[Any], tenant: str, options: Options) -> TenantResult:
+        """Migrate one tenant, retrying transient errors; never raises."""
+        started = time.monotonic()
+        attempts = 0
+
+        def attempt() -> list[str]:
+            nonlocal attempts
+            attempts += 1
+            with pool.connection() as conn:
+                return self._migrate_tenant(conn, tenant, options)
+
+        try:
+            applied = retry.run(self.repo.retry, attempt)
+        except (OrchestratorError, psycopg.Error) as exc:
+            message = db.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            state_ = getattr(exc, "sqlstate", None)
+            error = f"{state_} {message}" if state_ and state_ not in message else message
+            return TenantResult(tenant, "failed", [], attempts, error, _ms(started))
+        status = "up to date" if not applied else ("migrated" if options.direction == "up" else "rolled back")
+        return TenantResult(tenant, status, applied, attempts, None, _ms(started))
+
+    def _migrate_tenant(self, conn: psycopg.Connection[Any], tenant: str, options: Options) -> list[str]:
+        target = executor.Target(self.repo, db.database_name(self.info), tenant, "tenant")
+        key = locking.key(target.database, tenant)
+        with locking.advisory_lock(conn, key, self.repo.timeouts.lock_wait_ms, target.name):
+            source = self.repo.tenants
+            if source is not None and source.create_schemas:
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(tenant)))
+            elif not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (tenant,)).fetchone():
+                raise TenantFailed(f"schema {tenant} does not exist (set tenants.createSchemas to create it)")
+            recorder.ensure_target(conn, tenant)
+            applied = recorder.applied(conn, tenant)  # under the lock: authoritative
+            if options.direction == "up":
+                todo = planner.pending(self._migrations, applied, to=options.to, step=options.step)
+            else:
+                texts = recorder.stored_texts(conn, "tenant")
+                todo = planner.rollback(self._migrations, applied, texts, step=options.step, to=options.to)
+            for migration in todo:
+                executor.apply(conn, target, migration, options.direction, store_text=False)
+            return [m.path.name for m in todo]
+
+    def _show(self, work: dict[str, list[files.MigrationFile]], direction: str) -> None:
+        for tenant, todo in work.items():
+            for migration in todo:
+                section = migration.up if direction == "up" else migration.down
+                self.out(f"-- {self.repo.name}/{tenant}: {migration.path.name} ({direction})")
+                self.out(f"SET search_path TO {sql.Identifier(tenant).as_string(None)}, public;")
+                for statement in section.statements:
+                    self.out(f"{statement};")
+
+
+class _Progress:
+    """A progress bar on a terminal (done, failed, rate, ETA); a structured log line per tenant otherwise."""
+
+    def __init__(self, total: int, on_terminal: bool, repo: str) -> None:
+        self.repo = repo
+        self.failed = 0
+        self.bar: Any = None
+        if on_terminal:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="tenant", desc=f"{repo} tenants", file=sys.stderr, leave=True)
+        else:
+            self.log = logs.get("rollout")
+
+    def update(self, result: TenantResult) -> None:
+        self.failed += result.status == "failed"
+        if self.bar is not None:
+            self.bar.set_postfix(failed=self.failed, refresh=False)
+            self.bar.update(1)
+        else:
+            self.log.info(
+                "tenant." + result.status.replace(" ", "_"),
+                repo=self.repo,
+                tenant=result.tenant,
+                applied=result.applied,
+                attempts=result.attempts,
+                error=result.error,
+                ms=result.ms,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _watch_client(conn: psycopg.Connection[Any]) -> None:
+    if conn.info.server_version >= 140000:
+        conn.execute("SET client_connection_check_interval = '1s'")
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
