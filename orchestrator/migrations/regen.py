@@ -1,8 +1,8 @@
 """``regen``: the AshPostgres guide's regen script, built in.
 
 While iterating on a change, migrations are generated, applied, then the resources change again. ``regen``
-rolls back the migrations git does not track yet (per repo, newest first), deletes them and the snapshots git
-does not track, and generates again — one clean migration instead of a trail of small ones; ``-m`` migrates
+rolls back the migrations git does not track yet (per repo, newest first; tenant ones in every tenant), deletes
+them and the snapshots git does not track, and generates again — one clean migration instead of a trail of small ones; ``-m`` migrates
 afterwards. Tracked (committed) migrations are never touched. Outside a git checkout it refuses: it could not
 tell new files from reviewed ones.
 """
@@ -62,4 +62,14 @@ def roll_back_untracked(run: runner.Runner, repo: model.Repo) -> list[Path]:
         )
     if count:
         run.rollback(repo, step=count)
+    tenant_new = [
+        files.parse(p).version for p in untracked(run.root, repo.tenant_migrations_path) if p.suffix == ".sql"
+    ]
+    if tenant_new and repo.tenants is not None:
+        from orchestrator.migrations import rollout
+
+        results = run.tenant_rollout(repo).run(rollout.Options(direction="down", to=min(tenant_new) - 1))
+        failed = [r.tenant for r in results if r.status == "failed"]
+        if failed:
+            raise BadInputError(f"{repo.name}: rolling back untracked tenant migrations failed in {', '.join(failed)}")
     return new_files + untracked(run.root, repo.snapshots_path)
