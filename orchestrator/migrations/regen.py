@@ -3,8 +3,8 @@
 While iterating on a change, migrations are generated, applied, then the resources change again. ``regen``
 rolls back the migrations git does not track yet (per repo, newest first; tenant ones in every tenant), deletes
 them and the snapshots git does not track, and generates again — one clean migration instead of a trail of
-small ones; ``-m`` migrates afterwards. Tracked (committed) migrations are never touched. Outside a git checkout it refuses: it could not
-tell new files from reviewed ones.
+small ones; ``-m`` migrates afterwards. Tracked (committed) migrations are never touched. Outside a git
+checkout it refuses: it could not tell new files from reviewed ones.
 """
 
 from __future__ import annotations
