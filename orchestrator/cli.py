@@ -254,10 +254,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _tenant_rollout(args: argparse.Namespace, direction: str) -> int:
-    from orchestrator import logs
     from orchestrator.migrations import rollout
 
-    logs.configure()
     run = _runner(args)
     options = rollout.Options(
         direction=direction,

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING, Any
 
-import structlog
+if TYPE_CHECKING:
+    import structlog
 
 
 def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
     """Configure structlog to write to stderr; ``json=None`` picks JSON unless stderr is a terminal."""
+    import structlog  # imported when logging is set up: commands that do not log do not pay for it
+
     use_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
@@ -31,5 +35,7 @@ def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
     )
 
 
-def get(name: str) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger(name)  # type: ignore[no-any-return]
+def get(name: str) -> Any:
+    import structlog
+
+    return structlog.get_logger(name)

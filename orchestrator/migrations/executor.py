@@ -139,15 +139,20 @@ def _finish(
 
 
 def _settings(conn: psycopg.Connection[Any], target: Target, *, local: bool) -> None:
+    """lock_timeout, statement_timeout and, for a tenant, search_path, in one round trip."""
     timeouts = target.repo.timeouts
-    is_local = "true" if local else "false"
+    path = sql.SQL("{}, public").format(sql.Identifier(target.schema)).as_string(None) if target.tenant else None
     conn.execute(
-        f"SELECT set_config('lock_timeout', %s, {is_local}), set_config('statement_timeout', %s, {is_local})",
-        (f"{timeouts.lock_timeout_ms}ms", f"{timeouts.statement_timeout_ms}ms"),
+        "SELECT set_config('lock_timeout', %(lock)s, %(local)s), "
+        "set_config('statement_timeout', %(statement)s, %(local)s), "
+        "CASE WHEN %(path)s::text IS NULL THEN NULL ELSE set_config('search_path', %(path)s, %(local)s) END",
+        {
+            "lock": f"{timeouts.lock_timeout_ms}ms",
+            "statement": f"{timeouts.statement_timeout_ms}ms",
+            "local": local,
+            "path": path,
+        },
     )
-    if target.tenant:
-        scope = sql.SQL("LOCAL " if local else "")
-        conn.execute(sql.SQL("SET {}search_path TO {}, public").format(scope, sql.Identifier(target.schema)))
 
 
 def _reset(conn: psycopg.Connection[Any]) -> None:

@@ -57,8 +57,17 @@ def ensure_target(conn: psycopg.Connection[Any], schema: str) -> None:
     )
 
 
+_SHARED_TABLES = ["migrations", "progress", "rollouts", "rollout_tenants"]
+
+
 def ensure_shared(conn: psycopg.Connection[Any]) -> None:
-    """Create the ``orchestrator`` schema and its tables (once per database)."""
+    """Create the ``orchestrator`` schema and its tables (once per database; one query when they exist)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = ANY (%s)",
+        (SCHEMA, _SHARED_TABLES),
+    ).fetchone()
+    if row and row[0] == len(_SHARED_TABLES):
+        return
     _run_all(
         conn,
         [
@@ -106,8 +115,14 @@ def exists(conn: psycopg.Connection[Any], schema: str) -> bool:
     return bool(row and row[0])
 
 
-def applied(conn: psycopg.Connection[Any], schema: str) -> dict[int, Applied]:
-    """Return the applied migrations of a target by version (none when it has no bookkeeping yet)."""
+def applied(conn: psycopg.Connection[Any], schema: str, *, adopted: bool = False) -> dict[int, Applied]:
+    """Return the applied migrations of a target by version (none when it has no bookkeeping yet).
+
+    ``adopted``: the caller knows the table exists with our columns (one query instead of three).
+    """
+    if adopted:
+        query = sql.SQL("SELECT version, name, checksum FROM {} ORDER BY version").format(_table(schema))
+        return {int(r[0]): Applied(int(r[0]), r[1], r[2]) for r in conn.execute(query).fetchall()}
     if not exists(conn, schema):
         return {}
     has_ours = conn.execute(

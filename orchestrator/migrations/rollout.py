@@ -24,7 +24,6 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import ConnectionPool
 
 from orchestrator import db, logs, model, state, tenants
 from orchestrator.errors import BadInputError, OrchestratorError
@@ -86,6 +85,7 @@ class TenantRollout:
     out: Out = print
     progress: bool = False
     _migrations: list[files.MigrationFile] = field(default_factory=list)
+    _adopted: set[str] = field(default_factory=set)  # tenants whose schema_migrations is known to be ours
 
     def run(self, options: Options) -> list[TenantResult]:
         """Run the rollout; return one result per selected tenant."""
@@ -119,6 +119,7 @@ class TenantRollout:
         self._migrations = files.collection({p: t for p, t in stored.items() if p.rpartition("/")[0] == directory})
         texts = recorder.stored_texts(control, "tenant") if options.direction == "down" else {}
         states = bulk.states(control, names)
+        self._adopted = {name for name, found in states.items() if found.adopted}
         if options.retry_failed:
             failed = {t for t, (status, _) in recorder.last_outcomes(control).items() if status == "failed"}
             names = [n for n in names if n in failed]
@@ -163,8 +164,10 @@ class TenantRollout:
         concurrency = max(1, min(self.repo.rollout.concurrency, len(rest) or 1))
         limit = self.repo.rollout.max_failures
         results: dict[str, TenantResult] = {}
+        from psycopg_pool import ConnectionPool  # only when there is work: a no-op does not pay for it
+
         bar = _Progress(len(work), self.progress, self.repo.name)
-        pool = ConnectionPool(
+        pool: ConnectionPool[Any] = ConnectionPool(
             self.info,
             min_size=1,
             max_size=concurrency,
@@ -227,7 +230,7 @@ class TenantRollout:
         )
         bar.update(result)
 
-    def _tenant(self, pool: ConnectionPool[Any], tenant: str, options: Options) -> TenantResult:
+    def _tenant(self, pool: Any, tenant: str, options: Options) -> TenantResult:
         """Migrate one tenant, retrying transient errors; never raises."""
         started = time.monotonic()
         attempts = 0
@@ -257,8 +260,9 @@ class TenantRollout:
                 conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(tenant)))
             elif not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (tenant,)).fetchone():
                 raise TenantFailed(f"schema {tenant} does not exist (set tenants.createSchemas to create it)")
-            recorder.ensure_target(conn, tenant)
-            applied = recorder.applied(conn, tenant)  # under the lock: authoritative
+            if tenant not in self._adopted:
+                recorder.ensure_target(conn, tenant)
+            applied = recorder.applied(conn, tenant, adopted=True)  # under the lock: authoritative
             if options.direction == "up":
                 todo = planner.pending(self._migrations, applied, to=options.to, step=options.step)
             else:
@@ -290,6 +294,7 @@ class _Progress:
 
             self.bar = tqdm(total=total, unit="tenant", desc=f"{repo} tenants", file=sys.stderr, leave=True)
         else:
+            logs.configure()
             self.log = logs.get("rollout")
 
     def update(self, result: TenantResult) -> None:

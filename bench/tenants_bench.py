@@ -1,0 +1,353 @@
+"""Benchmark of tenant rollouts (``make bench``; not part of the tests).
+
+On one PostgreSQL and in one run, over N tenant schemas (default 1,000) that are at the same first migration,
+it times one new tenant migration — a nullable column, an index, and a new table with a foreign key to an
+existing tenant table — applied by:
+
+* ``orchestrator migrate --tenants``;
+* django-tenants ``migrate_schemas`` with its ``standard`` and ``multiprocessing`` executors, on the same DDL
+  (Django's own migration of the same change), installed in a separate virtualenv by this script;
+* the floor: the same DDL (orchestrator's generated SQL) in one ``psql -f`` script, one transaction per schema;
+
+then the no-op (everything up to date) of orchestrator and django-tenants, and orchestrator's peak RSS at N
+and at 5xN tenants. Every system starts from a copy of the same kind of database (``CREATE DATABASE …
+TEMPLATE``), and every result is checked (each tenant really migrated). Ratios are computed in the same run.
+
+Server: $ORCHESTRATOR_BENCH_DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/postgres.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import conninfo, sql
+
+HERE = Path(__file__).resolve().parent
+DJANGO_VENV = HERE / ".venv-django"
+DJANGO_PINS = ["django==5.2.19", "django-tenants==4.0.1", "psycopg2-binary==2.9.13"]
+RSS = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
+    "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+)
+
+REPO = """apiVersion: orchestrator/v1
+kind: Repo
+metadata: {name: app}
+spec:
+  url: ${BENCH_URL}
+  tenants: {query: "SELECT name FROM public.tenant_registry ORDER BY 1"}
+  rollout: {concurrency: 4}
+"""
+PROJECT = """apiVersion: orchestrator/v1
+kind: Resource
+metadata: {name: project}
+spec:
+  repo: app
+  table: projects
+  multitenancy: {strategy: context}
+  attributes:
+    - {name: id, type: bigint, primaryKey: true, generated: identity}
+    - {name: name, type: text, allowNull: false}
+"""
+TASK = """apiVersion: orchestrator/v1
+kind: Resource
+metadata: {name: task}
+spec:
+  repo: app
+  table: tasks
+  multitenancy: {strategy: context}
+  attributes:
+    - {name: id, type: bigint, primaryKey: true, generated: identity}
+    - {name: project_id, type: bigint, allowNull: false, references: {resource: project, onDelete: cascade, index: true}}
+    - {name: title, type: text, allowNull: false}
+"""
+TASK_V2 = (
+    TASK
+    + """    - {name: priority, type: integer}
+  indexes:
+    - {fields: [priority]}
+"""
+)
+COMMENT = """apiVersion: orchestrator/v1
+kind: Resource
+metadata: {name: comment}
+spec:
+  repo: app
+  table: comments
+  multitenancy: {strategy: context}
+  attributes:
+    - {name: id, type: bigint, primaryKey: true, generated: identity}
+    - {name: task_id, type: bigint, allowNull: false, references: {resource: task, onDelete: cascade, index: true}}
+    - {name: body, type: text, allowNull: false}
+"""
+
+
+@dataclass
+class Run:
+    seconds: float
+    rss_mb: float | None = None
+
+
+class Server:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def db_url(self, name: str) -> str:
+        return conninfo.make_conninfo(self.url, dbname=name)
+
+    def admin(self, statement: sql.Composed) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(statement)
+
+    def drop(self, name: str) -> None:
+        self.admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def create(self, name: str, template: str | None = None) -> str:
+        self.drop(name)
+        if template:
+            self.admin(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
+        else:
+            self.admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.db_url(name)
+
+
+def tenants(count: int) -> list[str]:
+    return [f"t{i:05d}" for i in range(count)]
+
+
+def replicate(url: str, template: str, names: list[str]) -> None:
+    """Copy schema ``template`` (structure and rows) to each of ``names``, via pg_dump and psql."""
+    dump = subprocess.run(
+        ["pg_dump", "--no-owner", "--no-privileges", "-n", template, url], check=True, capture_output=True, text=True
+    ).stdout
+    dump = "\n".join(
+        line for line in dump.splitlines() if not line.startswith(("SET ", "SELECT pg_catalog.set_config"))
+    )
+    script = "".join(re.sub(rf"\b{template}\b", name, dump) + "\n" for name in names if name != template)
+    subprocess.run(
+        ["psql", "-q", "-v", "ON_ERROR_STOP=1", url], input=script, check=True, text=True, capture_output=True
+    )
+
+
+def timed(args: list[str], cwd: Path, env: dict[str, str], *, rss: bool = False) -> Run:
+    command = [sys.executable, "-c", RSS, *args] if rss else args
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0 or (rss and not proc.stdout.strip().startswith("0 ")):
+        sys.exit(f"{' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    rss_mb = int(proc.stdout.split()[-1]) / 1024 if rss else None
+    return Run(seconds, rss_mb)
+
+
+def check_migrated(url: str, names: list[str], table: str, column: str) -> None:
+    with psycopg.connect(url) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = %s AND "
+            "column_name = %s AND table_schema = ANY (%s)",
+            (table, column, names),
+        ).fetchone()
+    if not found or found[0] != len(names):
+        sys.exit(f"not every tenant was migrated: {found} of {len(names)}")
+
+
+# -- orchestrator ------------------------------------------------------------------------------------------
+
+
+def orchestrator_base(server: Server, work: Path, count: int, base: str) -> Path:
+    """A database whose tenants are at the first migration, and a project whose second one is generated."""
+    root = work / f"orchestrator-{count}"
+    (root / "config").mkdir(parents=True)
+    for name, text in (("repo", REPO), ("project", PROJECT), ("task", TASK)):
+        (root / "config" / f"{name}.yaml").write_text(text)
+    url = server.create(base)
+    env = orchestrator_env(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE tenant_registry (name text PRIMARY KEY)")
+        conn.execute("INSERT INTO tenant_registry VALUES ('t00000')")
+        conn.execute("CREATE SCHEMA t00000")
+    cli = [sys.executable, "-m", "orchestrator"]
+    subprocess.run([*cli, "generate-migrations", "--name", "init"], cwd=root, env=env, check=True, capture_output=True)
+    subprocess.run([*cli, "migrate", "--tenants"], cwd=root, env=env, check=True, capture_output=True)
+    names = tenants(count)
+    replicate(url, "t00000", names)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO tenant_registry SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING", (names,))
+    (root / "config" / "task.yaml").write_text(TASK_V2)
+    (root / "config" / "comment.yaml").write_text(COMMENT)
+    subprocess.run(
+        [*cli, "generate-migrations", "--name", "add_priority_comments"],
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return root
+
+
+def orchestrator_env(url: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")} | {"BENCH_URL": url}
+
+
+def floor_script(root: Path, names: list[str]) -> str:
+    """The generated tenant migration's up SQL, once per schema, one transaction each."""
+    migration = sorted((root / "priv/app/tenant_migrations").glob("*_add_priority_comments.sql"))[0]
+    up = migration.read_text().split("-- migrate:up\n")[1].split("-- migrate:down")[0].strip()
+    return "".join(f'BEGIN;\nSET LOCAL search_path TO "{name}", public;\n{up}\nCOMMIT;\n' for name in names)
+
+
+# -- django-tenants ----------------------------------------------------------------------------------------
+
+
+def django_python() -> Path:
+    python = DJANGO_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(DJANGO_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *DJANGO_PINS], check=True)
+    return python
+
+
+def django_env(server: Server, name: str) -> dict[str, str]:
+    params = conninfo.conninfo_to_dict(server.url)
+    return {k: v for k, v in os.environ.items() if not k.startswith(("ORCHESTRATOR_", "DJANGO_"))} | {
+        "BENCH_DB_NAME": name,
+        "BENCH_DB_USER": str(params.get("user") or "postgres"),
+        "BENCH_DB_HOST": str(params.get("host") or "127.0.0.1"),
+        "BENCH_DB_PORT": str(params.get("port") or 5432),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+def django_base(server: Server, work: Path, count: int, base: str) -> Path:
+    """A django-tenants database whose tenants are at work 0001, and the project with 0002 in place."""
+    project = work / "django"
+    shutil.copytree(HERE / "django_project", project)
+    second = next((project / "work/migrations").glob("0002_*.py"))
+    held = second.read_text()
+    second.unlink()
+    python = str(django_python())
+    server.create(base)
+    env = django_env(server, base)
+    manage = [python, "manage.py"]
+    subprocess.run([*manage, "migrate_schemas", "--shared"], cwd=project, env=env, check=True, capture_output=True)
+    create = (
+        "from customers.models import Client; "
+        "Client(schema_name='public', name='public').save(); Client(schema_name='t00000', name='t').save()"
+    )
+    subprocess.run([*manage, "shell", "-c", create], cwd=project, env=env, check=True, capture_output=True)
+    names = tenants(count)
+    url = server.db_url(base)
+    replicate(url, "t00000", names)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO customers_client (schema_name, name) SELECT n, n FROM unnest(%s::text[]) n "
+            "WHERE n <> 't00000'",
+            (names,),
+        )
+    second.write_text(held)
+    return project
+
+
+# -- report ------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tenants", type=int, default=1000)
+    parser.add_argument("--rss-factor", type=int, default=5, help="peak RSS also at this many times --tenants")
+    args = parser.parse_args()
+    server = Server(os.environ.get("ORCHESTRATOR_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    work = Path(tempfile.mkdtemp(prefix="orchestrator-tenant-bench-"))
+    names = tenants(args.tenants)
+    cli = [sys.executable, "-m", "orchestrator"]
+    results: dict[str, Run] = {}
+    try:
+        print(f"setting up {args.tenants} tenants for each system (not timed)...", file=sys.stderr)
+        root = orchestrator_base(server, work, args.tenants, "bench_orch_base")
+        url = server.create("bench_orch_run", "bench_orch_base")
+        results["orchestrator migrate --tenants"] = timed(
+            [*cli, "migrate", "--tenants"], root, orchestrator_env(url), rss=True
+        )
+        check_migrated(url, names, "tasks", "priority")
+        results["orchestrator no-op"] = timed([*cli, "migrate", "--tenants"], root, orchestrator_env(url), rss=True)
+
+        url = server.create("bench_floor_run", "bench_orch_base")
+        script = work / "floor.sql"
+        script.write_text(floor_script(root, names))
+        results["floor: psql -f, one transaction per schema"] = timed(
+            ["psql", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(script), url], root, os.environ.copy()
+        )
+        check_migrated(url, names, "tasks", "priority")
+
+        project = django_base(server, work, args.tenants, "bench_dj_base")
+        python = str(django_python())
+        for executor in ("standard", "multiprocessing"):
+            server.create("bench_dj_run", "bench_dj_base")
+            env = django_env(server, "bench_dj_run")
+            results[f"django-tenants migrate_schemas ({executor})"] = timed(
+                [python, "manage.py", "migrate_schemas", "--executor", executor], project, env
+            )
+            check_migrated(server.db_url("bench_dj_run"), names, "work_task", "priority")
+        results["django-tenants no-op (standard)"] = timed(
+            [python, "manage.py", "migrate_schemas", "--executor", "standard"],
+            project,
+            django_env(server, "bench_dj_run"),
+        )
+
+        big = args.tenants * args.rss_factor
+        if big > args.tenants:
+            root_big = orchestrator_base(server, work, big, "bench_orch_big")
+            results[f"orchestrator migrate --tenants ({big} tenants)"] = timed(
+                [*cli, "migrate", "--tenants"], root_big, orchestrator_env(server.db_url("bench_orch_big")), rss=True
+            )
+            check_migrated(server.db_url("bench_orch_big"), tenants(big), "tasks", "priority")
+    finally:
+        for name in (
+            "bench_orch_base",
+            "bench_orch_run",
+            "bench_floor_run",
+            "bench_dj_base",
+            "bench_dj_run",
+            "bench_orch_big",
+        ):
+            server.drop(name)
+        shutil.rmtree(work, ignore_errors=True)
+    report(results, args.tenants)
+
+
+def report(results: dict[str, Run], count: int) -> None:
+    floor = results["floor: psql -f, one transaction per schema"].seconds
+    standard = results["django-tenants migrate_schemas (standard)"].seconds
+    ours = results["orchestrator migrate --tenants"].seconds
+    noop, dj_noop = results["orchestrator no-op"].seconds, results["django-tenants no-op (standard)"].seconds
+    print(f"\ntenant rollout benchmark: {count} tenants, one new tenant migration (wall clock, new process)")
+    print(f"{'case':<52}{'seconds':>9}{'x floor':>9}{'peak RSS':>10}")
+    for label, run in results.items():
+        rss = f"{run.rss_mb:.0f} MB" if run.rss_mb is not None else ""
+        print(f"{label:<52}{run.seconds:>9.2f}{run.seconds / floor:>9.2f}{rss:>10}")
+    rss_values = [r.rss_mb for label, r in results.items() if r.rss_mb and "migrate --tenants" in label]
+    goals = [
+        (f"faster than django-tenants standard: {standard / ours:.1f}x", standard / ours >= 4, "goal >= 4x"),
+        (f"orchestrator / psql floor: {ours / floor:.2f}x", ours / floor <= 1.5, "goal <= 1.5x"),
+        (f"no-op over {count} tenants: {noop:.2f} s", noop < 0.5, "goal < 0.5 s"),
+        (f"no-op faster than django-tenants' no-op: {dj_noop / noop:.0f}x", dj_noop / noop >= 20, "goal >= 20x"),
+        (f"peak RSS: {', '.join(f'{v:.0f} MB' for v in rss_values)}", max(rss_values) < 150, "goal < 150 MB, flat"),
+    ]
+    print()
+    for text, met, goal in goals:
+        print(f"{'ok    ' if met else 'MISSED'} {text} ({goal})")
+
+
+if __name__ == "__main__":
+    main()
