@@ -28,6 +28,7 @@ test: install
 # Benchmarks (not tests): ratios against a floor measured in the same run.
 bench: install
 	$(PY) bench/generate_bench.py
+	$(PY) bench/tenants_bench.py
 
 lint: install
 	$(BIN)/ruff check orchestrator tests bench

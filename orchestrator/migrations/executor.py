@@ -70,17 +70,41 @@ def apply(
     section = migration.up if direction == "up" else migration.down
     started = time.monotonic()
     if section.transaction:
-        with conn.transaction():
-            _settings(conn, target, local=True)
-            for statement in section.located():
-                _execute(conn, migration, statement)
-            _finish(conn, target, migration, direction, _ms(started), store_text)
+        try:
+            _pipelined(conn, target, migration, direction, section, store_text, started)
+        except psycopg.Error as exc:
+            if retry.is_transient(exc):
+                raise
+            # A pipeline reports an error without saying which statement failed: nothing was kept, so run the
+            # migration again one statement at a time to name it (or, if the failure does not repeat, apply it).
+            with conn.transaction():
+                _settings(conn, target, local=True)
+                for statement in section.located():
+                    _execute(conn, migration, statement)
+                _finish(conn, target, migration, direction, _ms(started), store_text)
     else:
         _non_transactional(conn, target, migration, direction, section, log)
         with conn.transaction():
             _finish(conn, target, migration, direction, _ms(started), store_text)
             recorder.clear_progress(conn, target.name, _progress_key(migration, direction))
     return _ms(started)
+
+
+def _pipelined(
+    conn: psycopg.Connection[Any],
+    target: Target,
+    migration: files.MigrationFile,
+    direction: str,
+    section: files.Section,
+    store_text: bool,
+    started: float,
+) -> None:
+    """The whole transaction in one round trip (psycopg's pipeline mode): what makes a tenant fan-out cheap."""
+    with conn.pipeline(), conn.transaction():
+        _settings(conn, target, local=True)
+        for statement in section.located():
+            conn.execute(statement.sql.encode())
+        _finish(conn, target, migration, direction, None, store_text)
 
 
 def _non_transactional(
@@ -113,7 +137,7 @@ def _finish(
     target: Target,
     migration: files.MigrationFile,
     direction: str,
-    duration_ms: int,
+    duration_ms: int | None,
     store_text: bool,
 ) -> None:
     if direction == "up":

@@ -136,12 +136,14 @@ def applied(conn: psycopg.Connection[Any], schema: str, *, adopted: bool = False
 
 
 def record(
-    conn: psycopg.Connection[Any], schema: str, *, version: int, name: str, checksum: str, duration_ms: int
+    conn: psycopg.Connection[Any], schema: str, *, version: int, name: str, checksum: str, duration_ms: int | None
 ) -> None:
+    """Insert the row of an applied migration; ``duration_ms`` None: measured by the server, from the start of
+    the transaction to this insert (for pipelined migrations, whose statements the client does not wait for)."""
     conn.execute(
         sql.SQL(
-            "INSERT INTO {} (version, inserted_at, name, checksum, duration_ms) "
-            "VALUES (%s, now() AT TIME ZONE 'utc', %s, %s, %s)"
+            "INSERT INTO {} (version, inserted_at, name, checksum, duration_ms) VALUES (%s, now() AT TIME ZONE "
+            "'utc', %s, %s, coalesce(%s, (extract(epoch FROM clock_timestamp() - now()) * 1000)::integer))"
         ).format(_table(schema)),
         (version, name, checksum, duration_ms),
     )

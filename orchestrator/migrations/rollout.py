@@ -90,6 +90,7 @@ class TenantRollout:
     def run(self, options: Options) -> list[TenantResult]:
         """Run the rollout; return one result per selected tenant."""
         with db.open_connection(self.info) as control:
+            control.execute("SET synchronous_commit TO off")  # rollout records: cheap commits, schema_migrations rules
             recorder.ensure_shared(control)
             listed = tenants.list_tenants(self.repo, control)
             names = select(listed.tenants, options.only, options.exclude)
