@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -116,6 +117,13 @@ def _embedded_exists(root: Path, name: str) -> bool:
 def open_connection(info: str, *, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
     """Connect, letting psycopg's errors through (for callers that retry transient ones)."""
     return psycopg.connect(info, autocommit=autocommit, connect_timeout=10, application_name="orchestrator")
+
+
+def watch_client(conn: psycopg.Connection[Any]) -> None:
+    """Have the server notice within a second if this process dies mid-statement (PostgreSQL 14+), so a killed
+    runner's transaction is rolled back and its locks released promptly rather than when the statement ends."""
+    if conn.info.server_version >= 140000:
+        conn.execute("SET client_connection_check_interval = '1s'")
 
 
 def redact(url: str) -> str:

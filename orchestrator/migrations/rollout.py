@@ -174,7 +174,7 @@ class TenantRollout:
             max_size=concurrency,
             open=True,
             kwargs={"autocommit": True, "application_name": "orchestrator"},
-            configure=_watch_client,
+            configure=db.watch_client,
         )
         try:
             for tenant in canaries:  # one at a time; any failure stops the rollout
@@ -317,11 +317,6 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _watch_client(conn: psycopg.Connection[Any]) -> None:
-    if conn.info.server_version >= 140000:
-        conn.execute("SET client_connection_check_interval = '1s'")
 
 
 def _ms(started: float) -> int:

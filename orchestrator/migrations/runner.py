@@ -73,42 +73,45 @@ class Runner:
         strict: bool = False,
         dry_run: bool = False,
     ) -> list[files.MigrationFile]:
-        migrations = self.migrations(repo)
+        def plan(conn: psycopg.Connection[Any], target: executor.Target) -> list[files.MigrationFile]:
+            applied = recorder.applied(conn, target.schema)
+            return planner.pending(self.migrations(repo), applied, to=to, step=step, strict=strict)
 
-        def work(conn: psycopg.Connection[Any], target: executor.Target) -> list[files.MigrationFile]:
-            todo = planner.pending(migrations, recorder.applied(conn, target.schema), to=to, step=step, strict=strict)
-            if dry_run:
-                self._show(target, todo, "up")
-                return todo
-            for migration in todo:
-                ms = executor.apply(conn, target, migration, "up", log=self.out)
-                self.out(f"{target.name}: applied {migration.path.name} ({ms} ms)")
-            return todo
-
-        done = self._session(repo, work, write=not dry_run)
-        if not done and not dry_run:
-            self.out(f"{repo.name}: up to date")
-        return done
+        return self._run(repo, "up", plan, dry_run)
 
     def rollback(
         self, repo: model.Repo, *, step: int | None = None, to: int | None = None, dry_run: bool = False
     ) -> list[files.MigrationFile]:
-        migrations = self.migrations(repo)
+        def plan(conn: psycopg.Connection[Any], target: executor.Target) -> list[files.MigrationFile]:
+            stored = recorder.stored_texts(conn, target.scope)
+            applied = recorder.applied(conn, target.schema)
+            return planner.rollback(self.migrations(repo), applied, stored, step=step, to=to)
+
+        return self._run(repo, "down", plan, dry_run)
+
+    def _run(
+        self,
+        repo: model.Repo,
+        direction: str,
+        plan: Callable[[psycopg.Connection[Any], executor.Target], list[files.MigrationFile]],
+        dry_run: bool,
+    ) -> list[files.MigrationFile]:
+        """Plan under the lock, then apply each migration in ``direction`` (or only print them)."""
+        verb = "applied" if direction == "up" else "rolled back"
 
         def work(conn: psycopg.Connection[Any], target: executor.Target) -> list[files.MigrationFile]:
-            stored = recorder.stored_texts(conn, target.scope)
-            todo = planner.rollback(migrations, recorder.applied(conn, target.schema), stored, step=step, to=to)
+            todo = plan(conn, target)
             if dry_run:
-                self._show(target, todo, "down")
+                self._show(target, todo, direction)
                 return todo
             for migration in todo:
-                ms = executor.apply(conn, target, migration, "down", log=self.out)
-                self.out(f"{target.name}: rolled back {migration.path.name} ({ms} ms)")
+                ms = executor.apply(conn, target, migration, direction, log=self.out)
+                self.out(f"{target.name}: {verb} {migration.path.name} ({ms} ms)")
             return todo
 
         done = self._session(repo, work, write=not dry_run)
         if not done and not dry_run:
-            self.out(f"{repo.name}: nothing to roll back")
+            self.out(f"{repo.name}: {'up to date' if direction == 'up' else 'nothing to roll back'}")
         return done
 
     def status(self, repo: model.Repo) -> Status:
@@ -194,7 +197,7 @@ class Runner:
 
         def attempt() -> T:
             with db.open_connection(info) as conn:
-                _watch_client(conn)
+                db.watch_client(conn)
                 if not write:
                     return work(conn, target)
                 lock = locking.key(target.database, target.schema)
@@ -219,13 +222,6 @@ class Runner:
             self.out(f"-- {target.name}: {migration.path.name} ({direction}{mode})")
             for statement in section.statements:
                 self.out(f"{statement};")
-
-
-def _watch_client(conn: psycopg.Connection[Any]) -> None:
-    """Have the server notice within seconds if this process dies mid-statement (PostgreSQL 14+), so a killed
-    runner's transaction is rolled back and its lock released promptly rather than when the statement ends."""
-    if conn.info.server_version >= 140000:
-        conn.execute("SET client_connection_check_interval = '1s'")
 
 
 def _describe(exc: BaseException) -> str:
