@@ -135,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
         "repair", parents=[common], help="record the new checksums of applied migrations edited on purpose"
     )
     repair.add_argument("--repo", help="only this repo")
+    repair.add_argument("--tenants", action="store_true", help="the tenant migrations of every listed tenant")
     repair.set_defaults(handler=cmd_repair)
 
     regen = sub.add_parser(
@@ -243,6 +244,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     if args.tenants:
         return _tenant_rollout(args, "down")
+    if args.only_tenants or args.except_tenants:
+        raise BadInputError("--only-tenants and --except-tenants go with --tenants")
     run = _runner(args)
     report = []
     for repo in run.repos(args.repo):
@@ -265,6 +268,7 @@ def _tenant_rollout(args: argparse.Namespace, direction: str) -> int:
         step=args.step,
         to=args.to,
         dry_run=args.dry_run,
+        strict=getattr(args, "strict_version_order", False),
     )
     reports = []
     for repo in run.repos(args.repo):
@@ -329,24 +333,29 @@ def _tenant_status(args: argparse.Namespace) -> int:
             rows = report["tenants"]
             behind = [t for t in rows if t["pending"]]
             failed = [t for t in rows if t["last_status"] == "failed"]
+            edited = [t for t in rows if t["edited"]]
             print(
                 f"{report['repo']}: {len(rows)} tenants, {len(rows) - len(behind)} up to date, {len(behind)} behind, "
-                f"{len(failed)} failed in their last rollout"
+                f"{len(failed)} failed in their last rollout, {len(edited)} with edited migrations"
             )
             for tenant in rows:
-                if tenant["pending"] or tenant["last_status"] == "failed":
+                if tenant["pending"] or tenant["last_status"] == "failed" or tenant["edited"]:
                     error = f"  last error: {tenant['last_error']}" if tenant["last_status"] == "failed" else ""
+                    changed = f", edited: {', '.join(map(str, tenant['edited']))}" if tenant["edited"] else ""
                     print(
                         f"  {tenant['tenant']}: {len(tenant['applied'])} applied, "
-                        f"{len(tenant['pending'])} pending{error}"
+                        f"{len(tenant['pending'])} pending{changed}{error}"
                     )
-    bad = any(t["pending"] or t["last_status"] == "failed" for r in reports for t in r["tenants"])
+    bad = any(t["pending"] or t["last_status"] == "failed" or t["edited"] for r in reports for t in r["tenants"])
     return EXIT_FAILED if bad else EXIT_OK
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
     run = _runner(args)
-    fixed = [v for repo in run.repos(args.repo) for v in run.repair(repo)]
+    if args.tenants:
+        fixed: list[Any] = [v for repo in run.repos(args.repo) if repo.tenants for v in run.repair_tenants(repo)]
+    else:
+        fixed = [v for repo in run.repos(args.repo) for v in run.repair(repo)]
     if not fixed and not args.json:
         print("nothing to repair: every applied migration matches its file")
     if args.json:

@@ -53,8 +53,24 @@ def resolve_url(repo: model.Repo, root: Path, environ: Mapping[str, str] | None 
 
 
 def conninfo(repo: model.Repo, root: Path) -> str:
-    """Return what to connect to for ``repo``: its URL, or the embedded server's database named after it."""
-    return resolve_url(repo, root) or embedded.database_url(root, repo.name)
+    """Return what to connect to for ``repo``: its URL, or the embedded server's database named after it.
+
+    A URL libpq cannot parse is a located ConfigError that never quotes the URL (it may hold a password).
+    """
+    url = resolve_url(repo, root)
+    if url is None:
+        return embedded.database_url(root, repo.name)
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        field = "spec.urlFile" if repo.url_file else "spec.url"
+        raise _located(
+            repo,
+            field,
+            "the database URL cannot be parsed; percent-encode special characters "
+            "(%, @, :, /, ?) in the user name and password",
+        ) from None
+    return url
 
 
 def connect(repo: model.Repo, root: Path, *, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
@@ -67,7 +83,7 @@ def connect_to(info: str, repo: model.Repo, *, autocommit: bool = True) -> psyco
     try:
         return open_connection(info, autocommit=autocommit)
     except psycopg.Error as exc:
-        raise DatabaseError(f"repo {repo.name}: cannot connect to {redact(info)}: {_first_line(exc)}") from None
+        raise DatabaseError(f"repo {repo.name}: cannot connect to {redact(info)}: {redact(_first_line(exc))}") from None
 
 
 def database_name(info: str) -> str:

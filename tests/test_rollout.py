@@ -261,3 +261,46 @@ def test_no_op_costs_the_same_few_queries_for_any_number_of_tenants(fleet: Fleet
         assert {r.status for r in results} == {"up to date"} and len(results) == count
         counts.append(len(queries))
     assert counts[0] == counts[1] and counts[0] <= 12, counts
+
+
+# -- regressions found in review ------------------------------------------------------------------------------
+
+
+def test_the_first_failing_canary_stops_the_other_canaries(fleet: Fleet) -> None:
+    fleet.configure(static(names(4)), "{concurrency: 2, canary: [t000, t001]}")
+    assert fleet.cli("generate-migrations").code == 0
+    fleet.sql("CREATE SCHEMA t000; CREATE TABLE t000.tasks (conflict int)")
+    result = fleet.cli("migrate", "--tenants", "--json")
+    statuses = {t["tenant"]: t["status"] for t in json.loads(result.out)["repos"][0]["tenants"]}
+    assert statuses == {"t000": "failed", "t001": "skipped", "t002": "skipped", "t003": "skipped"}
+    assert not fleet.has("t001")
+
+
+def test_edited_tenant_migration_is_shown_and_repaired(fleet: Fleet) -> None:
+    fleet.configure(static(names(2)))
+    assert fleet.cli("generate-migrations").code == 0
+    assert fleet.cli("migrate", "--tenants").code == 0
+    path = next((fleet.root / "priv/app/tenant_migrations").glob("*.sql"))
+    path.write_text(path.read_text() + "\n-- a reviewed comment\n")
+    blocked = fleet.cli("migrate", "--tenants")
+    assert blocked.code == 1 and "repair" in blocked.out
+    status = fleet.cli("status", "--tenants")
+    assert status.code == 1 and "2 failed in their last rollout, 2 with edited migrations" in status.out
+    assert fleet.cli("repair", "--tenants").code == 0
+    assert fleet.cli("migrate", "--tenants").code == 0
+    assert fleet.cli("status", "--tenants").code == 0
+
+
+def test_tenant_flags_without_tenants_are_refused(fleet: Fleet) -> None:
+    fleet.configure(static(names(1)))
+    assert fleet.cli("rollback", "--only-tenants", "t000").code == 2
+    assert fleet.cli("migrate", "--except-tenants", "t000").code == 2
+
+
+def test_an_unparsable_url_is_a_located_error_without_the_password(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path, "postgresql://app:Pa55%zzWord@127.0.0.1/app")
+    fleet.configure(static(names(1)))
+    for command in (("migrate",), ("status", "--tenants"), ("migrate", "--tenants")):
+        result = fleet.cli(*command)
+        assert result.code == 2 and "spec.url: the database URL cannot be parsed" in result.err
+        assert "Pa55" not in result.out + result.err

@@ -26,9 +26,19 @@ from orchestrator import model
 from orchestrator.errors import OrchestratorError
 from orchestrator.migrations import files, recorder, retry
 
-_CONCURRENT_INDEX = re.compile(
-    r'^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?("(?:[^"]|"")+"|\w+)', re.I
+_NO_TRANSACTION = re.compile(
+    r"\bCONCURRENTLY\b|^(VACUUM|CREATE\s+DATABASE|DROP\s+DATABASE|ALTER\s+SYSTEM|CLUSTER\b)", re.I
 )
+_DROP_CONCURRENT = re.compile(
+    r'^\s*DROP\s+INDEX\s+CONCURRENTLY\s+(?:IF\s+EXISTS\s+)?(?:\w+\.)?("(?:[^"]|"")+"|\w+)', re.I
+)
+_CONCURRENT_INDEX = re.compile(
+    r'^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?("(?:[^"]|"")+"|(?!ON\b)\w+)\s+ON\b',
+    re.I,
+)
+
+
+_NO_REPLAY = frozenset({"57", "53", "54", "55", "58", "XX"})
 
 
 class MigrationFailed(OrchestratorError):
@@ -75,6 +85,8 @@ def apply(
         except psycopg.Error as exc:
             if retry.is_transient(exc):
                 raise
+            if (exc.sqlstate or "")[:2] in _NO_REPLAY:  # a timeout or resource error: replaying would repeat it
+                raise MigrationFailed(f"{migration.path}: {exc.sqlstate} {_first(exc)}", exc.sqlstate) from None
             # A pipeline reports an error without saying which statement failed: nothing was kept, so run the
             # migration again one statement at a time to name it (or, if the failure does not repeat, apply it).
             with conn.transaction():
@@ -115,16 +127,33 @@ def _non_transactional(
     section: files.Section,
     log: Callable[[str], None],
 ) -> None:
+    """Run a ``transaction:false`` section statement by statement, resumable.
+
+    A statement that may run in a transaction commits together with its progress row, so a lost connection
+    can never make it run twice. The others (CONCURRENTLY, VACUUM, ...) run alone and are made re-runnable:
+    an index a previous attempt finished is not created again, an INVALID one it left behind is dropped first.
+    """
     _settings(conn, target, local=False)
     key = _progress_key(migration, direction)
-    done = recorder.progress(conn, target.name, key)
+    done, checksum = recorder.progress(conn, target.name, key)
+    if done and checksum not in (None, migration.checksum):
+        raise MigrationFailed(
+            f"{migration.path}: edited after {done} of its statements ran on {target.name}; restore the file, or "
+            "run 'orchestrator repair' to forget the partial progress",
+            None,
+        )
     statements = section.located()
     if done:
         log(f"{target.name}: resuming {migration.path.name} at statement {done + 1} of {len(statements)}")
     for index, statement in enumerate(statements[done:], start=done):
-        _drop_invalid_index(conn, statement.sql)
-        _execute(conn, migration, statement)
-        recorder.set_progress(conn, target.name, key, index + 1)
+        if _NO_TRANSACTION.search(_code(statement.sql)):
+            if _prepare_concurrent(conn, statement.sql):
+                _execute(conn, migration, statement)
+            recorder.set_progress(conn, target.name, key, index + 1, migration.checksum)
+        else:
+            with conn.transaction():
+                _execute(conn, migration, statement)
+                recorder.set_progress(conn, target.name, key, index + 1, migration.checksum)
     _reset(conn)
 
 
@@ -197,21 +226,40 @@ def _execute(conn: psycopg.Connection[Any], migration: files.MigrationFile, stat
         ) from None
 
 
-def _drop_invalid_index(conn: psycopg.Connection[Any], statement: str) -> None:
-    """Before retrying CREATE INDEX CONCURRENTLY, drop the INVALID index a failed attempt left behind."""
-    match = _CONCURRENT_INDEX.match(statement)
+def _code(statement: str) -> str:
+    """The statement without its leading comments."""
+    return re.sub(r"^(\s*(--[^\n]*\n|/\*.*?\*/))*\s*", "", statement, flags=re.S)
+
+
+def _prepare_concurrent(conn: psycopg.Connection[Any], statement: str) -> bool:
+    """Make a CONCURRENTLY index statement re-runnable; return whether it still has to run.
+
+    CREATE: a valid index of that name in the current schema means a previous attempt finished (skip); an
+    INVALID one is what a failed attempt leaves behind (drop it, then run). DROP: no index left means done.
+    """
+    code = _code(statement)
+    create, drop = _CONCURRENT_INDEX.match(code), _DROP_CONCURRENT.match(code)
+    match = create or drop
     if not match:
-        return
+        return True  # an unnamed index, or another statement: nothing to check
     raw = match.group(1)
     name = raw[1:-1].replace('""', '"') if raw.startswith('"') else raw.lower()
     row = conn.execute(
-        "SELECT n.nspname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relname = %s AND NOT i.indisvalid AND n.nspname = ANY (current_schemas(false))",
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE c.relname = %s AND c.relnamespace = current_schema()::regnamespace",
         (name,),
     ).fetchone()
+    if drop:
+        return row is not None
+    if row and row[0]:
+        return False
     if row:
-        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(row[0], name)))
+        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
+    return True
+
+
+def _first(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _ms(started: float) -> int:

@@ -51,7 +51,7 @@ def pending(
         names = ", ".join(str(e.migration.path) for e in changed)
         raise PlanError(
             f"applied migrations were edited since: {names}; restore them, or record the new "
-            "checksums with 'orchestrator repair' if the edit was deliberate"
+            "checksums with 'orchestrator repair' (with --tenants for tenant migrations) if the edit was deliberate"
         )
     todo = [m for m in migrations if m.version not in applied]
     if strict and todo and applied and todo[0].version < max(applied):

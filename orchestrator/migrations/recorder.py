@@ -35,14 +35,26 @@ def _table(schema: str) -> sql.Identifier:
     return sql.Identifier(schema, "schema_migrations")
 
 
-def ensure(conn: psycopg.Connection[Any], schema: str) -> None:
+def ensure(conn: psycopg.Connection[Any], schema: str, *, lock_timeout_ms: int = 5_000) -> None:
     """Create (or adopt) the bookkeeping tables; safe to run concurrently from several processes."""
-    ensure_target(conn, schema)
+    ensure_target(conn, schema, lock_timeout_ms=lock_timeout_ms)
     ensure_shared(conn)
 
 
-def ensure_target(conn: psycopg.Connection[Any], schema: str) -> None:
-    """Create or adopt one target's ``schema_migrations``."""
+def ensure_target(conn: psycopg.Connection[Any], schema: str, *, lock_timeout_ms: int = 5_000) -> None:
+    """Create or adopt one target's ``schema_migrations``; nothing (one query) when it is already ours.
+
+    Adopting takes an ACCESS EXCLUSIVE lock for the ALTER, so it runs only when columns are missing, and under
+    ``lock_timeout`` so a reader holding the table cannot make every runner queue behind it.
+    """
+    row = conn.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = %s AND table_name = "
+        "'schema_migrations' AND column_name IN ('version', 'name', 'checksum', 'duration_ms')",
+        (schema,),
+    ).fetchone()
+    if row and row[0] == 4:
+        return
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{lock_timeout_ms}ms",))
     _run_all(
         conn,
         [
@@ -79,7 +91,7 @@ def ensure_shared(conn: psycopg.Connection[Any]) -> None:
             ).format(sql.Identifier(SCHEMA, "migrations")),
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} (target text NOT NULL, version bigint NOT NULL, "
-                "statements_done integer NOT NULL, PRIMARY KEY (target, version))"
+                "statements_done integer NOT NULL, checksum text, PRIMARY KEY (target, version))"
             ).format(sql.Identifier(SCHEMA, "progress")),
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
@@ -174,19 +186,31 @@ def stored_texts(conn: psycopg.Connection[Any], scope: str) -> dict[int, tuple[s
     return {int(v): (str(n), str(b)) for v, n, b in rows.fetchall()}
 
 
-def progress(conn: psycopg.Connection[Any], target: str, version: int) -> int:
+def progress(conn: psycopg.Connection[Any], target: str, version: int) -> tuple[int, str | None]:
+    """Statements done of a partly applied migration, and the checksum of the file they came from."""
     row = conn.execute(
-        "SELECT statements_done FROM orchestrator.progress WHERE target = %s AND version = %s", (target, version)
+        "SELECT statements_done, checksum FROM orchestrator.progress WHERE target = %s AND version = %s",
+        (target, version),
     ).fetchone()
-    return int(row[0]) if row else 0
+    return (int(row[0]), row[1]) if row else (0, None)
 
 
-def set_progress(conn: psycopg.Connection[Any], target: str, version: int, done: int) -> None:
+def set_progress(conn: psycopg.Connection[Any], target: str, version: int, done: int, checksum: str) -> None:
     conn.execute(
-        "INSERT INTO orchestrator.progress (target, version, statements_done) VALUES (%s, %s, %s) "
-        "ON CONFLICT (target, version) DO UPDATE SET statements_done = EXCLUDED.statements_done",
-        (target, version, done),
+        "INSERT INTO orchestrator.progress (target, version, statements_done, checksum) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (target, version) DO UPDATE SET statements_done = EXCLUDED.statements_done, "
+        "checksum = EXCLUDED.checksum",
+        (target, version, done, checksum),
     )
+
+
+def forget_stale_progress(conn: psycopg.Connection[Any], target: str, version: int, checksum: str) -> bool:
+    """Drop the partial progress recorded for an older text of a migration; return whether there was any."""
+    cursor = conn.execute(
+        "DELETE FROM orchestrator.progress WHERE target = %s AND abs(version) = %s AND checksum IS DISTINCT FROM %s",
+        (target, version, checksum),
+    )
+    return cursor.rowcount > 0
 
 
 def clear_progress(conn: psycopg.Connection[Any], target: str, version: int) -> None:

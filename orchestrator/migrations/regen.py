@@ -65,6 +65,12 @@ def roll_back_untracked(run: runner.Runner, repo: model.Repo) -> list[Path]:
     tenant_new = [
         files.parse(p).version for p in untracked(run.root, repo.tenant_migrations_path) if p.suffix == ".sql"
     ]
+    tracked = [m.version for m in run.tenant_migrations(repo) if m.version not in set(tenant_new)]
+    if tenant_new and any(version > min(tenant_new) for version in tracked):
+        raise BadInputError(
+            f"{repo.name}: untracked tenant migration {min(tenant_new)} is older than a committed one; "
+            "roll back by hand"
+        )
     if tenant_new and repo.tenants is not None:
         from orchestrator.migrations import rollout
 

@@ -19,7 +19,8 @@ from orchestrator import model
 
 T = TypeVar("T")
 
-TRANSIENT_STATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300", "53400"})
+# 57P05 / 25P03: the server closed an idle (pooled) connection
+TRANSIENT_STATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "57P05", "25P03", "53300", "53400"})
 TRANSIENT_CLASSES = frozenset({"08"})  # connection exceptions
 
 

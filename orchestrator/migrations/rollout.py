@@ -61,6 +61,7 @@ class Options:
     step: int | None = None
     to: int | None = None
     dry_run: bool = False
+    strict: bool = False
 
 
 class TenantFailed(OrchestratorError):
@@ -95,17 +96,21 @@ class TenantRollout:
             listed = tenants.list_tenants(self.repo, control)
             names = select(listed.tenants, options.only, options.exclude)
             results = {name: TenantResult(name, "failed", error="invalid tenant name") for name in listed.invalid}
-            work = self._plan(control, names, options, results)
+            work, names = self._plan(control, names, options, results)
             if options.dry_run:
                 self._show(work, options.direction)
                 return list(results.values())
-            if not work:
-                return [*results.values(), *(TenantResult(n, "up to date") for n in names if n not in results)]
+            if not work and not results:
+                return [TenantResult(n, "up to date") for n in names]
             self._store_texts(control, work, options.direction)
-            rollout = recorder.start_rollout(control, options.direction, len(work))
-            done = self._fan_out(control, rollout, work, options)
+            rollout = recorder.start_rollout(control, options.direction, len(work) + len(results))
+            for failure in results.values():  # planning failures (an edited migration): visible in status too
+                recorder.record_tenant(
+                    control, rollout, failure.tenant, status="failed", attempts=0, applied=[], error=failure.error
+                )
+            done = self._fan_out(control, rollout, work, options) if work else {}
             results.update(done)
-            recorder.finish_rollout(control, rollout, sum(r.status == "failed" for r in done.values()))
+            recorder.finish_rollout(control, rollout, sum(r.status == "failed" for r in results.values()))
         return [results.get(n) or TenantResult(n, "up to date") for n in names] + [
             r for n, r in results.items() if n not in names
         ]
@@ -114,7 +119,8 @@ class TenantRollout:
 
     def _plan(
         self, control: psycopg.Connection[Any], names: list[str], options: Options, results: dict[str, TenantResult]
-    ) -> dict[str, list[files.MigrationFile]]:
+    ) -> tuple[dict[str, list[files.MigrationFile]], list[str]]:
+        """Return the work per tenant that is behind, and the tenants considered (--retry-failed narrows them)."""
         directory = self.repo.tenant_migrations_path.rstrip("/")
         stored = self.store.read(directory)
         self._migrations = files.collection({p: t for p, t in stored.items() if p.rpartition("/")[0] == directory})
@@ -129,7 +135,9 @@ class TenantRollout:
             tenant_state = states[name]
             try:
                 if options.direction == "up":
-                    todo = planner.pending(self._migrations, tenant_state.applied, to=options.to, step=options.step)
+                    todo = planner.pending(
+                        self._migrations, tenant_state.applied, to=options.to, step=options.step, strict=options.strict
+                    )
                 else:
                     todo = planner.rollback(
                         self._migrations, tenant_state.applied, texts, step=options.step, to=options.to
@@ -139,7 +147,7 @@ class TenantRollout:
                 continue
             if todo or (not tenant_state.exists and options.direction == "up"):
                 work[name] = todo
-        return work
+        return work, names
 
     def _store_texts(
         self, control: psycopg.Connection[Any], work: dict[str, list[files.MigrationFile]], direction: str
@@ -183,6 +191,7 @@ class TenantRollout:
                 if result.status == "failed":
                     self.out(f"{self.repo.name}: canary {tenant} failed; no other tenant was started")
                     rest = []
+                    break
             queue = list(rest)
             with futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tenant") as executor_:
                 running: dict[futures.Future[TenantResult], str] = {}
@@ -262,10 +271,12 @@ class TenantRollout:
             elif not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (tenant,)).fetchone():
                 raise TenantFailed(f"schema {tenant} does not exist (set tenants.createSchemas to create it)")
             if tenant not in self._adopted:
-                recorder.ensure_target(conn, tenant)
+                recorder.ensure_target(conn, tenant, lock_timeout_ms=self.repo.timeouts.lock_timeout_ms)
             applied = recorder.applied(conn, tenant, adopted=True)  # under the lock: authoritative
             if options.direction == "up":
-                todo = planner.pending(self._migrations, applied, to=options.to, step=options.step)
+                todo = planner.pending(
+                    self._migrations, applied, to=options.to, step=options.step, strict=options.strict
+                )
             else:
                 texts = recorder.stored_texts(conn, "tenant")
                 todo = planner.rollback(self._migrations, applied, texts, step=options.step, to=options.to)

@@ -147,9 +147,45 @@ class Runner:
                     )
                 self.out(f"{target.name}: recorded the new checksum of {m.path.name}")
                 fixed.append(m.version)
+            for m in migrations:
+                if recorder.forget_stale_progress(conn, target.name, m.version, m.checksum):
+                    self.out(f"{target.name}: forgot the partial progress of an older text of {m.path.name}")
+                    fixed.append(m.version)
             return fixed
 
         return self._session(repo, work, write=True)
+
+    def repair_tenants(self, repo: model.Repo) -> list[str]:
+        """``repair`` for every tenant: new checksums of edited tenant migrations, stale partial progress."""
+        from orchestrator import tenants
+        from orchestrator.migrations import bulk
+
+        migrations = self.tenant_migrations(repo)
+        fixed = []
+        with db.connect_to(db.conninfo(repo, self.root), repo) as conn:
+            names = tenants.list_tenants(repo, conn).tenants
+            for name, found in bulk.states(conn, names).items():
+                target = f"{repo.name}/{name}"
+                for item in planner.edited(migrations, found.applied):
+                    m = item.migration
+                    with conn.transaction():
+                        recorder.set_checksum(conn, name, m.version, m.checksum)
+                        recorder.store_text(
+                            conn, "tenant", version=m.version, name=m.name, checksum=m.checksum, body=m.text
+                        )
+                    self.out(f"{target}: recorded the new checksum of {m.path.name}")
+                    fixed.append(f"{name}:{m.version}")
+                for m in migrations:
+                    if recorder.forget_stale_progress(conn, target, m.version, m.checksum):
+                        self.out(f"{target}: forgot the partial progress of an older text of {m.path.name}")
+                        fixed.append(f"{name}:{m.version}")
+        return fixed
+
+    def tenant_migrations(self, repo: model.Repo) -> list[files.MigrationFile]:
+        """The repo's tenant migrations (the files directly in tenantMigrationsPath), by version."""
+        directory = repo.tenant_migrations_path.rstrip("/")
+        stored = self.store(repo).read(directory)
+        return files.collection({p: t for p, t in stored.items() if p.rpartition("/")[0] == directory})
 
     # -- tenants -------------------------------------------------------------------------------------------
 
@@ -163,9 +199,7 @@ class Runner:
         from orchestrator import tenants
         from orchestrator.migrations import bulk
 
-        directory = repo.tenant_migrations_path.rstrip("/")
-        stored = self.store(repo).read(directory)
-        migrations = files.collection({p: t for p, t in stored.items() if p.rpartition("/")[0] == directory})
+        migrations = self.tenant_migrations(repo)
         with db.connect_to(db.conninfo(repo, self.root), repo) as conn:
             names = tenants.list_tenants(repo, conn).tenants
             states = bulk.states(conn, names)
@@ -174,12 +208,17 @@ class Runner:
         for name in names:
             applied = states[name].applied
             status, error = outcomes.get(name, (None, None))
+            edited = [e.migration.version for e in planner.edited(migrations, applied)]
+            pending = [m.version for m in migrations if m.version not in applied]
+            if status == "failed" and not (pending or edited):
+                status, error = "fixed", None  # failed last time, but nothing is wrong any more
             rows.append(
                 {
                     "tenant": name,
                     "exists": states[name].exists,
                     "applied": sorted(applied),
-                    "pending": [m.version for m in migrations if m.version not in applied],
+                    "pending": pending,
+                    "edited": edited,
                     "last_status": status,
                     "last_error": error,
                 }
@@ -202,7 +241,7 @@ class Runner:
                     return work(conn, target)
                 lock = locking.key(target.database, target.schema)
                 with locking.advisory_lock(conn, lock, repo.timeouts.lock_wait_ms, target.name):
-                    recorder.ensure(conn, target.schema)
+                    recorder.ensure(conn, target.schema, lock_timeout_ms=repo.timeouts.lock_timeout_ms)
                     return work(conn, target)
 
         def on_retry(attempt_number: int, exc: BaseException) -> None:
