@@ -376,7 +376,7 @@ def cmd_regen(args: argparse.Namespace) -> int:
         print(f"deleted {_shown(path, args.root)}")
     result = generate.plan(run.cfg, run.store, name=args.name)
     _print_plan(result, args.root, preview=False)
-    result.write(run.store(run.cfg.repos[0]))  # regen works on files: one store for every repo
+    result.write(state.FileStore(args.root))  # regen works on files only
     if args.migrate:
         for repo in run.repos(None):
             run.migrate(repo)
