@@ -15,6 +15,7 @@ Where AshPostgres migrates tenants one at a time and stops at the first failure,
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as futures
 import sys
 import time
@@ -192,13 +193,13 @@ class TenantRollout:
                     self.out(f"{self.repo.name}: canary {tenant} failed; no other tenant was started")
                     rest = []
                     break
-            queue = list(rest)
+            queue = collections.deque(rest)
             with futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tenant") as executor_:
                 running: dict[futures.Future[TenantResult], str] = {}
                 while queue or running:
                     failed = sum(r.status == "failed" for r in results.values())
                     while queue and len(running) < concurrency and (limit is None or failed < limit):
-                        tenant = queue.pop(0)
+                        tenant = queue.popleft()
                         running[executor_.submit(self._tenant, pool, tenant, options)] = tenant
                     if not running:
                         break
@@ -206,8 +207,8 @@ class TenantRollout:
                     for future in finished:
                         running.pop(future)
                         self._done(control, rollout, future.result(), results, bar)
-            for tenant in [*queue, *[t for t in rest if t not in results and t not in queue]]:
-                results[tenant] = TenantResult(tenant, "skipped", error="not started: the rollout stopped")
+            for tenant in rest:
+                results.setdefault(tenant, TenantResult(tenant, "skipped", error="not started: the rollout stopped"))
             if limit is not None and queue:
                 self.out(
                     f"{self.repo.name}: stopped after {limit} failed tenants (rollout.maxFailures); "
