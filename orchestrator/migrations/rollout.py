@@ -88,6 +88,7 @@ class TenantRollout:
     progress: bool = False
     _migrations: list[files.MigrationFile] = field(default_factory=list)
     _adopted: set[str] = field(default_factory=set)  # tenants whose schema_migrations is known to be ours
+    _texts: dict[int, tuple[str, str]] = field(default_factory=dict)  # stored texts, for rollbacks
 
     def run(self, options: Options) -> list[TenantResult]:
         """Run the rollout; return one result per selected tenant."""
@@ -125,7 +126,7 @@ class TenantRollout:
         directory = self.repo.tenant_migrations_path.rstrip("/")
         stored = self.store.read(directory)
         self._migrations = files.collection({p: t for p, t in stored.items() if p.rpartition("/")[0] == directory})
-        texts = recorder.stored_texts(control, "tenant") if options.direction == "down" else {}
+        texts = self._texts = recorder.stored_texts(control, "tenant") if options.direction == "down" else {}
         states = bulk.states(control, names)
         self._adopted = {name for name, found in states.items() if found.adopted}
         if options.retry_failed:
@@ -279,8 +280,7 @@ class TenantRollout:
                     self._migrations, applied, to=options.to, step=options.step, strict=options.strict
                 )
             else:
-                texts = recorder.stored_texts(conn, "tenant")
-                todo = planner.rollback(self._migrations, applied, texts, step=options.step, to=options.to)
+                todo = planner.rollback(self._migrations, applied, self._texts, step=options.step, to=options.to)
             for migration in todo:
                 executor.apply(conn, target, migration, options.direction, store_text=False)
             return [m.path.name for m in todo]
