@@ -8,11 +8,10 @@ JSON document on stdout in every case, errors included, so scripts never parse p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -386,37 +385,20 @@ def cmd_regen(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     write = not (args.check or args.dry_run)
-    with _generating(cfg, args, write=write) as stores:
-        result = generate.plan(
-            cfg, stores.__getitem__, repo=args.repo, name=args.name, allow_destructive=args.allow_destructive
-        )
-        if write and not result.empty:
-            _write_plan(result, cfg, stores)
+    result = generate.run(
+        cfg,
+        args.root,
+        state_kind=args.state,
+        repo=args.repo,
+        name=args.name,
+        allow_destructive=args.allow_destructive,
+        write=write,
+    )
     if args.json:
         _print_json(_plan_json(result, args.root))
     else:
         _print_plan(result, args.root, not write)
     return EXIT_FAILED if args.check and not result.empty else EXIT_OK
-
-
-@contextlib.contextmanager
-def _generating(cfg: model.Config, args: argparse.Namespace, *, write: bool) -> Iterator[dict[model.Repo, Any]]:
-    """The repos' stores, held for generation (the database store locks the repo) when writing."""
-    stores = {repo: state.store(args.state, repo, args.root) for repo in cfg.repos}
-    with contextlib.ExitStack() as stack:
-        if write:
-            for store in stores.values():
-                stack.enter_context(store.generating())
-        yield stores
-
-
-def _write_plan(result: generate.Plan, cfg: model.Config, stores: dict[model.Repo, Any]) -> None:
-    for repo, store in stores.items():
-        part = generate.Plan(
-            [m for m in result.migrations if m.repo == repo.name],
-            [s for s in result.snapshots if s.path.as_posix().startswith(repo.snapshots_path.rstrip("/") + "/")],
-        )
-        part.write(store)
 
 
 def _print_plan(result: generate.Plan, root: Path, preview: bool) -> None:

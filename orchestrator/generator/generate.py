@@ -8,6 +8,7 @@ computed first, completely, and files are written only at the end.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 from collections.abc import Callable, Sequence
@@ -65,6 +66,14 @@ class Plan:
     def empty(self) -> bool:
         return not self.migrations
 
+    def of_repo(self, repo: model.Repo) -> Plan:
+        """The part of the plan that belongs to ``repo`` (its migrations, and snapshots under its path)."""
+        prefix = repo.snapshots_path.rstrip("/") + "/"
+        return Plan(
+            [m for m in self.migrations if m.repo == repo.name],
+            [s for s in self.snapshots if s.path.as_posix().startswith(prefix)],
+        )
+
     def files(self) -> list[tuple[Path, str]]:
         """Every (path, text) to write: migrations first, then snapshots."""
         return [(m.path, m.text) for m in self.migrations] + [(s.path, s.text) for s in self.snapshots]
@@ -72,6 +81,34 @@ class Plan:
     def write(self, store: state.Store) -> None:
         """Write every file through the store (paths relative to the root)."""
         store.write({path.as_posix(): text for path, text in self.files()})
+
+
+def run(
+    cfg: model.Config,
+    root: Path,
+    *,
+    state_kind: str = "files",
+    repo: str | None = None,
+    name: str | None = None,
+    allow_destructive: bool = False,
+    write: bool = True,
+    now: dt.datetime | None = None,
+) -> Plan:
+    """Plan every repo and, when ``write``, write the result through each repo's store.
+
+    Writing holds each store's generation lock (the database store's advisory lock) from reading the snapshots
+    to writing the files, so concurrent generators produce one migration.
+    """
+    stores = {item: state.store(state_kind, item, root) for item in cfg.repos}
+    with contextlib.ExitStack() as stack:
+        if write:
+            for store in stores.values():
+                stack.enter_context(store.generating())
+        result = plan(cfg, stores.__getitem__, repo=repo, name=name, allow_destructive=allow_destructive, now=now)
+        if write and not result.empty:
+            for item, store in stores.items():
+                result.of_repo(item).write(store)
+    return result
 
 
 def plan(
