@@ -1,0 +1,1 @@
+"""The long-running service: reconcile manifests into databases on a schedule (``serve`` builds on this)."""
