@@ -144,6 +144,14 @@ def _parser() -> argparse.ArgumentParser:
     regen.add_argument("--name", help="migration name (default: migrate_resources)")
     regen.set_defaults(handler=cmd_regen)
 
+    serve = sub.add_parser("serve", parents=[common], help="the daemon: reconcile on change, serve status over HTTP")
+    serve.add_argument("--interval", type=_duration_s, default=30.0, metavar="D", help="how often to check (30s)")
+    serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="HTTP address")
+    serve.add_argument("--no-generate", action="store_true", help="apply existing migrations only")
+    serve.add_argument("--once", action="store_true", help="one reconcile, then exit with migrate's exit code")
+    serve.add_argument("--token-file", type=Path, help="file holding the API token (else ORCHESTRATOR_API_TOKEN)")
+    serve.set_defaults(handler=cmd_serve)
+
     tenants_cmd = sub.add_parser("tenants", parents=[common], help="print what each repo's tenant source returns")
     tenants_cmd.add_argument("--repo", help="only this repo")
     tenants_cmd.set_defaults(handler=cmd_tenants)
@@ -175,6 +183,42 @@ def _tenant_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--only-tenants", type=_names, metavar="A,B", help="with --tenants: only these tenants")
     parser.add_argument("--except-tenants", type=_names, default=[], metavar="C", help="with --tenants: not these")
+
+
+def _duration_s(text: str) -> float:
+    from orchestrator import durations
+
+    try:
+        return max(durations.parse_ms(text), 100) / 1000
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from orchestrator.daemon import reconcile, serve, service
+
+    if args.once:
+        report = reconcile.reconcile(
+            args.config, args.root, state_kind=args.state, generate_migrations=not args.no_generate
+        )
+        if args.json:
+            _print_json(report.as_dict())
+        else:
+            for problem in report.problems:
+                print(problem, file=sys.stderr)
+            for error in report.errors:
+                print(f"error: {error}", file=sys.stderr)
+            print(f"reconcile of {report.revision}: {'ok' if report.ok else 'failed'}")
+        if report.problems:
+            return EXIT_BAD_INPUT
+        return EXIT_OK if report.ok else EXIT_FAILED
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise BadInputError(f"--listen {args.listen!r}: write HOST:PORT")
+    daemon = service.Service(args.config, args.root, state_kind=args.state, generate=not args.no_generate)
+    return serve.serve(
+        daemon, interval_s=args.interval, host=host, port=int(port), api_token=serve.token(args.token_file)
+    )
 
 
 def _names(text: str) -> list[str]:

@@ -1,0 +1,27 @@
+"""Every Prometheus metric of the daemon, in one place (prometheus_client's default registry)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter("orchestrator_reconciles_total", "Reconciles run, by result.", ["result"])
+RECONCILE_SECONDS = Histogram("orchestrator_reconcile_duration_seconds", "Duration of full reconciles.")
+MIGRATIONS_APPLIED = Counter("orchestrator_migrations_applied_total", "Global migrations applied, by repo.", ["repo"])
+TENANT_MIGRATIONS = Counter(
+    "orchestrator_tenant_rollouts_total", "Tenants handled by rollouts, by repo and status.", ["repo", "status"]
+)
+TENANTS_BEHIND = Gauge("orchestrator_tenants_failed", "Tenants whose last rollout failed, by repo.", ["repo"])
+LAST_SUCCESS = Gauge("orchestrator_last_successful_reconcile_timestamp_seconds", "When the last reconcile succeeded.")
+CONFIG_VALID = Gauge("orchestrator_config_valid", "1 when the manifests are valid, 0 when the last edit was not.")
+
+
+def count_tenants(repo: str, results: Iterable[Any]) -> None:
+    failed = 0
+    for result in results:
+        if result.status != "up to date":
+            TENANT_MIGRATIONS.labels(repo=repo, status=result.status).inc()
+        failed += result.status == "failed"
+    TENANTS_BEHIND.labels(repo=repo).set(failed)

@@ -1,0 +1,163 @@
+"""The daemon's state and jobs: reconcile on change, tenant discovery every interval, ops-triggered rollouts.
+
+Jobs are plain methods; the scheduler (APScheduler) only calls them, one of a kind at a time, and one at a time
+overall (a lock), so a reconcile and a tenant pass never race each other. An invalid manifest never stops the
+service: it keeps the last good configuration, reports the located errors and applies nothing from the bad one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator import config, db, model
+from orchestrator.daemon import metrics, reconcile
+from orchestrator.errors import ConfigError, OrchestratorError
+
+
+@dataclass
+class Rollout:
+    id: str
+    repo: str | None
+    tenants: list[str] | None
+    dry_run: bool
+    status: str = "pending"
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class Service:
+    config_dir: Path
+    root: Path
+    state_kind: str = "files"
+    generate: bool = True
+    log: Any = None
+    cfg: model.Config | None = None
+    report: reconcile.Report | None = None
+    problems: list[Any] = field(default_factory=list)
+    fingerprint: str = ""
+    ready: bool = False
+    last_success: float | None = None
+    rollouts: dict[str, Rollout] = field(default_factory=dict)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- jobs ----------------------------------------------------------------------------------------------
+
+    def reconcile_job(self) -> None:
+        """Full reconcile when the manifests or migrations changed, or the last one did not succeed."""
+        if self.stopping.is_set():
+            return
+        with self._lock:
+            current = reconcile.fingerprint(self.config_dir, self.root, self.cfg, self.state_kind)
+            if current == self.fingerprint and self.report is not None and self.report.ok:
+                return
+            started = time.monotonic()
+            report = reconcile.reconcile(
+                self.config_dir, self.root, state_kind=self.state_kind, generate_migrations=self.generate
+            )
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+            self._record(report)
+            if not report.problems:
+                self.cfg = config.load(self.config_dir, base=self.config_dir.parent)
+                self.fingerprint = reconcile.fingerprint(self.config_dir, self.root, self.cfg, self.state_kind)
+
+    def tenants_job(self) -> None:
+        """Tenant discovery and retry: every tenant that is behind (new, or failed before) is migrated."""
+        if self.stopping.is_set() or self.cfg is None:
+            return
+        with self._lock:
+            from orchestrator.migrations import rollout, runner
+
+            run = runner.Runner(self.cfg, self.root, out=lambda _: None, state_kind=self.state_kind)
+            failed = False
+            for repo in self.cfg.repos:
+                if repo.tenants is None:
+                    continue
+                try:
+                    results = run.tenant_rollout(repo).run(rollout.Options())
+                except OrchestratorError as exc:
+                    self._event("tenants.error", repo=repo.name, error=db.redact(str(exc)))
+                    failed = True
+                    continue
+                metrics.count_tenants(repo.name, results)
+                failed = failed or any(r.status == "failed" for r in results)
+                if self.report is not None:
+                    self.report.tenants[repo.name] = results
+            self.ready = bool(self.report and not self.report.problems and not self.report.errors and not failed)
+
+    def start_rollout(self, repo: str | None, tenants: list[str] | None, dry_run: bool) -> Rollout:
+        record = Rollout(uuid.uuid4().hex[:12], repo, tenants, dry_run)
+        self.rollouts[record.id] = record
+        threading.Thread(target=self._run_rollout, args=(record,), name=f"rollout-{record.id}", daemon=True).start()
+        return record
+
+    def _run_rollout(self, record: Rollout) -> None:
+        from orchestrator.migrations import rollout, runner
+
+        record.status = "running"
+        with self._lock:
+            try:
+                if self.cfg is None:
+                    raise OrchestratorError("no valid configuration loaded yet")
+                run = runner.Runner(self.cfg, self.root, out=lambda _: None, state_kind=self.state_kind)
+                for repo in run.repos(record.repo):
+                    applied = run.migrate(repo, dry_run=record.dry_run)
+                    entry: dict[str, Any] = {"applied": [m.path.name for m in applied]}
+                    if repo.tenants is not None:
+                        options = rollout.Options(only=record.tenants, dry_run=record.dry_run)
+                        entry["tenants"] = [r.as_dict() for r in run.tenant_rollout(repo).run(options)]
+                    record.result[repo.name] = entry
+                failed = any(t["status"] == "failed" for e in record.result.values() for t in e.get("tenants", []))
+                record.status = "failed" if failed else "done"
+            except (OrchestratorError, ConfigError) as exc:
+                record.status, record.error = "failed", db.redact(str(exc))
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    def _record(self, report: reconcile.Report) -> None:
+        self.report = report
+        self.problems = report.problems
+        metrics.CONFIG_VALID.set(0 if report.problems else 1)
+        metrics.RECONCILES.labels(result="ok" if report.ok else "failed").inc()
+        for repo, applied in report.applied.items():
+            metrics.MIGRATIONS_APPLIED.labels(repo=repo).inc(len(applied))
+        for repo, results in report.tenants.items():
+            metrics.count_tenants(repo, results)
+        if report.ok:
+            self.last_success = time.time()
+            metrics.LAST_SUCCESS.set(self.last_success)
+        self.ready = report.ok
+        self._event(
+            "reconcile.done",
+            revision=report.revision,
+            ok=report.ok,
+            problems=len(report.problems),
+            generated=report.generated,
+            errors=[db.redact(e) for e in report.errors],
+        )
+
+    def _event(self, name: str, **fields: Any) -> None:
+        if self.log is not None:
+            self.log.info(name, **fields)
+
+    def status(self) -> dict[str, Any]:
+        report = self.report
+        return {
+            "revision": report.revision if report else None,
+            "ready": self.ready,
+            "config_valid": not self.problems,
+            "problems": [p.as_dict() for p in self.problems],
+            "last_success": self.last_success,
+            "repos": [
+                {"name": r.name, "tenant_source": r.tenants.kind if r.tenants else None}
+                for r in (self.cfg.repos if self.cfg else ())
+            ],
+            "last_reconcile": {k: v for k, v in report.as_dict().items() if k != "problems"} if report else None,
+            "rollouts": [vars(r) for r in self.rollouts.values()],
+        }

@@ -1,0 +1,239 @@
+"""The daemon as a subprocess, over real HTTP and real PostgreSQL: edits rolled out, ConfigMap symlink swaps,
+invalid edits, new tenants, the API token, metrics, SIGTERM, and ``serve --once``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import run_cli, write
+from tests.harness import res
+
+REPO = """apiVersion: orchestrator/v1
+kind: Repo
+metadata: {name: app}
+spec:
+  url: ${APP_URL}
+  tenants: {query: "SELECT name FROM public.registry ORDER BY 1", createSchemas: true}
+"""
+REGISTRY = res("registry", "registry", "    - {name: name, type: text, primaryKey: true}\n")
+ID = "    - {name: id, type: bigint, primaryKey: true}\n"
+CONTEXT = "  multitenancy: {strategy: context}\n"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Daemon:
+    def __init__(self, root: Path, url: str, config: Path, token: str | None = None) -> None:
+        self.root, self.url, self.port = root, url, free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")} | {"APP_URL": url}
+        if token:
+            env["ORCHESTRATOR_API_TOKEN"] = token
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "orchestrator",
+                "serve",
+                "--config",
+                str(config),
+                "--interval",
+                "1s",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+            ],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def get(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
+                body = response.read().decode()
+                return response.status, json.loads(body) if "json" in response.headers.get("content-type", "") else body
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read().decode() or "null")
+
+    def post(self, path: str, body: dict[str, Any], token: str | None = None) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, json.loads(response.read().decode())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read().decode() or "null")
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=30)
+        return self.proc.returncode, err
+
+
+def eventually(check: Callable[[], bool], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, psycopg.Error):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"not true within {seconds} s")
+
+
+def columns(url: str, schema: str, table: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND "
+            "table_name = %s ORDER BY ordinal_position",
+            (schema, table),
+        ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def manifests(directory: Path, extra: str = "") -> None:
+    write(directory / "repo.yaml", REPO)
+    write(directory / "registry.yaml", REGISTRY)
+    write(directory / "accounts.yaml", res("account", "accounts", ID + extra))
+    write(directory / "notes.yaml", res("note", "notes", ID + extra, CONTEXT))
+
+
+def register(url: str, *names: str) -> None:
+    """Add tenants to the registry table, once the daemon's first migration has created it."""
+
+    def insert() -> bool:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO registry SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING", (list(names),))
+        return True
+
+    eventually(insert)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, database_url: str) -> Iterator[Daemon]:
+    manifests(tmp_path / "config")
+    running = Daemon(tmp_path, database_url, tmp_path / "config", token="s3cret-token")
+    register(database_url, "acme", "globex")
+    eventually(lambda: columns(database_url, "globex", "notes") == ["id"])
+    yield running
+    if running.proc.poll() is None:
+        running.stop()
+
+
+def test_an_edit_is_rolled_out_to_the_global_table_and_every_tenant(daemon: Daemon, tmp_path: Path) -> None:
+    eventually(lambda: daemon.get("/readyz")[0] == 200)
+    first = daemon.get("/status")[1]["revision"]
+    manifests(tmp_path / "config", "    - {name: label, type: text}\n")
+    eventually(lambda: columns(daemon.url, "acme", "notes") == ["id", "label"])
+    assert columns(daemon.url, "public", "accounts") == ["id", "label"]
+    assert columns(daemon.url, "globex", "notes") == ["id", "label"]
+    eventually(lambda: daemon.get("/readyz")[0] == 200 and daemon.get("/status")[1]["revision"] != first)
+    assert daemon.get("/healthz") == (200, {"status": "ok"})
+    code, page = daemon.get("/")
+    assert code == 200 and "orchestrator" in page and "ready" in page
+    code, metrics = daemon.get("/metrics")
+    assert code == 200 and 'orchestrator_reconciles_total{result="ok"}' in metrics
+    assert "orchestrator_config_valid 1.0" in metrics
+
+
+def test_an_invalid_edit_keeps_serving_applies_nothing_and_a_fix_resumes(daemon: Daemon, tmp_path: Path) -> None:
+    eventually(lambda: daemon.get("/readyz")[0] == 200)
+    write(tmp_path / "config" / "accounts.yaml", res("account", "accounts", ID + "    - {name: label, type: strng}\n"))
+    eventually(lambda: not daemon.get("/status")[1]["config_valid"])
+    status = daemon.get("/status")[1]
+    assert status["problems"][0]["field"] == "spec.attributes[1].type" and status["problems"][0]["line"] == 9
+    assert daemon.get("/healthz")[0] == 200
+    assert "orchestrator_config_valid 0.0" in daemon.get("/metrics")[1]
+    assert columns(daemon.url, "public", "accounts") == ["id"]
+    manifests(tmp_path / "config", "    - {name: label, type: text}\n")
+    eventually(lambda: columns(daemon.url, "public", "accounts") == ["id", "label"])
+    eventually(lambda: daemon.get("/status")[1]["config_valid"] and daemon.get("/readyz")[0] == 200)
+
+
+def test_a_new_tenant_is_migrated_within_an_interval(daemon: Daemon) -> None:
+    eventually(lambda: daemon.get("/readyz")[0] == 200)
+    register(daemon.url, "initech")
+    eventually(lambda: columns(daemon.url, "initech", "notes") == ["id"], seconds=5)
+
+
+def test_rollouts_need_the_token(daemon: Daemon) -> None:
+    eventually(lambda: daemon.get("/readyz")[0] == 200)
+    assert daemon.post("/rollouts", {})[0] == 401
+    assert daemon.post("/rollouts", {}, token="wrong")[0] == 401
+    code, created = daemon.post(
+        "/rollouts", {"repo": "app", "tenants": ["acme"], "dry_run": True}, token="s3cret-token"
+    )
+    assert code == 202
+    eventually(lambda: daemon.get(f"/rollouts/{created['id']}")[1]["status"] == "done")
+    assert daemon.get("/rollouts/nope")[0] == 404
+    code, stderr = daemon.stop()
+    assert code == 0 and "s3cret-token" not in stderr and '"event": "serve.stop"' in stderr
+
+
+def test_no_token_configured_means_403(tmp_path: Path, database_url: str) -> None:
+    manifests(tmp_path / "config")
+    running = Daemon(tmp_path, database_url, tmp_path / "config")
+    try:
+        eventually(lambda: running.get("/healthz")[0] == 200)
+        assert running.post("/rollouts", {}, token="anything")[0] == 403
+    finally:
+        assert running.stop()[0] == 0
+
+
+def test_a_configmap_symlink_swap_is_seen(tmp_path: Path, database_url: str) -> None:
+    """A mounted ConfigMap: visible names link into ..data, which is swapped atomically to a new directory."""
+    mount = tmp_path / "mount"
+    manifests(mount / "..2026_01_01_00_00_00.1")
+    os.symlink("..2026_01_01_00_00_00.1", mount / "..data")
+    for name in ("repo.yaml", "registry.yaml", "accounts.yaml", "notes.yaml"):
+        os.symlink(f"..data/{name}", mount / name)
+    running = Daemon(tmp_path, database_url, mount)
+    try:
+        register(database_url, "acme")
+        eventually(lambda: columns(database_url, "acme", "notes") == ["id"])
+        manifests(mount / "..2026_01_01_00_01_00.2", "    - {name: label, type: text}\n")
+        os.symlink("..2026_01_01_00_01_00.2", mount / "..data_tmp")
+        os.replace(mount / "..data_tmp", mount / "..data")
+        eventually(lambda: columns(database_url, "acme", "notes") == ["id", "label"])
+        assert columns(database_url, "public", "accounts") == ["id", "label"]
+    finally:
+        assert running.stop()[0] == 0
+
+
+def test_serve_once_exits_like_migrate(tmp_path: Path, database_url: str) -> None:
+    manifests(tmp_path / "config")
+    env = {"APP_URL": database_url}
+    first = run_cli("serve", "--once", cwd=tmp_path, env=env)
+    assert first.code == 0 and "ok" in first.out
+    register(database_url, "acme")
+    done = run_cli("serve", "--once", cwd=tmp_path, env=env)
+    assert done.code == 0 and "ok" in done.out
+    assert columns(database_url, "acme", "notes") == ["id"]
+    write(tmp_path / "config" / "notes.yaml", res("note", "notes", "    - {name: id, type: strng}\n", CONTEXT))
+    assert run_cli("serve", "--once", cwd=tmp_path, env=env).code == 2
