@@ -15,11 +15,15 @@ $(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
-# Validate the example manifests and list each repo's tenants. With no database URL configured the
-# embedded PostgreSQL (pgserver, data under .orchestrator/) is started on demand.
+# The daemon on the example manifests: generates their migrations, applies them to every repo and tenant,
+# and serves status. With no database URL configured the embedded PostgreSQL (pgserver) is used; generated
+# files and the database live under .orchestrator/run, so the working tree stays clean. Ctrl-C stops it.
+RUN_ROOT ?= .orchestrator/run
 run: install
 	$(BIN)/orchestrator validate --config $(CONFIG)
-	$(BIN)/orchestrator tenants --config $(CONFIG)
+	@mkdir -p $(RUN_ROOT)
+	@echo "serving on http://127.0.0.1:8080/  (try: curl localhost:8080/status, curl localhost:8080/readyz)"
+	$(BIN)/orchestrator serve --config $(CONFIG) --root $(RUN_ROOT) --interval 5s --listen 127.0.0.1:8080
 
 # The whole suite against real PostgreSQL: $$ORCHESTRATOR_TEST_DATABASE_URL if set, else embedded.
 test: install
