@@ -41,7 +41,9 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, root: Path, url: str, config: Path, token: str | None = None) -> None:
+    def __init__(
+        self, root: Path, url: str, config: Path, token: str | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         self.root, self.url, self.port = root, url, free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")} | {"APP_URL": url}
         if token:
@@ -237,3 +239,71 @@ def test_serve_once_exits_like_migrate(tmp_path: Path, database_url: str) -> Non
     assert columns(database_url, "acme", "notes") == ["id"]
     write(tmp_path / "config" / "notes.yaml", res("note", "notes", "    - {name: id, type: strng}\n", CONTEXT))
     assert run_cli("serve", "--once", cwd=tmp_path, env=env).code == 2
+
+
+SLOW = (
+    '  statements:\n    - {name: slow, up: "SELECT pg_sleep(0.3)", down: "SELECT 1"}\n'
+    "  multitenancy: {strategy: context}\n"
+)
+
+
+def tenant_rows(url: str, tenants: list[str]) -> dict[str, int]:
+    """schema_migrations rows per tenant (0 when untouched: no bookkeeping table)."""
+    found = {}
+    with psycopg.connect(url) as conn:
+        for tenant in tenants:
+            exists = conn.execute("SELECT to_regclass(%s)", (f'"{tenant}".schema_migrations',)).fetchone()
+            if exists and exists[0]:
+                row = conn.execute(
+                    psycopg.sql.SQL("SELECT count(*) FROM {}").format(
+                        psycopg.sql.Identifier(tenant, "schema_migrations")
+                    )
+                ).fetchone()
+                found[tenant] = int(row[0]) if row else 0
+            else:
+                found[tenant] = 0
+    return found
+
+
+def test_sigterm_during_a_long_rollout_stops_cleanly_and_a_restart_finishes(tmp_path: Path, database_url: str) -> None:
+    names = [f"t{i:02d}" for i in range(30)]
+    manifests(tmp_path / "config")
+    write(tmp_path / "config" / "notes.yaml", res("note", "notes", ID, SLOW))
+    first = run_cli("serve", "--once", cwd=tmp_path, env={"APP_URL": database_url})  # the registry exists now
+    assert first.code == 0, first.err
+    register(database_url, *names)
+    running = Daemon(tmp_path, database_url, tmp_path / "config")
+    eventually(lambda: sum(tenant_rows(database_url, names).values()) >= 2)
+    started = time.monotonic()
+    code, err = running.stop()
+    assert code == 0 and time.monotonic() - started < 15, err[-2000:]
+    rows = tenant_rows(database_url, names)
+    assert set(rows.values()) <= {0, 1} and 0 < sum(rows.values()) < len(names), rows
+    for tenant, count in rows.items():  # fully migrated and recorded, or untouched
+        assert (columns(database_url, tenant, "notes") == ["id"]) == (count == 1), tenant
+    again = run_cli("serve", "--once", cwd=tmp_path, env={"APP_URL": database_url})
+    assert again.code == 0, again.err
+    assert set(tenant_rows(database_url, names).values()) == {1}
+
+
+def test_two_daemons_on_one_database_migrate_each_tenant_once(tmp_path: Path, database_url: str) -> None:
+    names = [f"t{i:02d}" for i in range(20)]
+    manifests(tmp_path / "config")
+    extra = ("--state", "database")
+    first = run_cli("serve", "--once", "--state", "database", cwd=tmp_path, env={"APP_URL": database_url})
+    assert first.code == 0, first.err
+    register(database_url, *names)
+    daemons = [Daemon(tmp_path, database_url, tmp_path / "config", extra=extra) for _ in range(2)]
+    try:
+        eventually(lambda: set(tenant_rows(database_url, names).values()) == {1}, seconds=30)
+    finally:
+        assert all(d.stop()[0] == 0 for d in daemons)
+    with psycopg.connect(database_url) as conn:
+        migrated = conn.execute(
+            "SELECT tenant, count(*) FROM orchestrator.rollout_tenants WHERE status = 'migrated' GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        files = conn.execute(
+            "SELECT count(*) FROM orchestrator.state_files WHERE path LIKE 'priv/app/tenant_migrations/%'"
+        )
+        assert files.fetchone() == (1,)
+    assert migrated == [(name, 1) for name in names]

@@ -88,8 +88,12 @@ def reconcile(
     state_kind: str = "files",
     generate_migrations: bool = True,
     out: Callable[[str], None] = lambda _: None,
+    stop: Any = None,
 ) -> Report:
-    """Validate, generate (unless told not to), migrate every repo, then every repo's tenants."""
+    """Validate, generate (unless told not to), migrate every repo, then every repo's tenants.
+
+    ``stop`` (a threading.Event): once set, no new tenant is started; the ones running finish.
+    """
     from orchestrator.migrations import rollout, runner  # the database side, only when reconciling
 
     report = Report(revision(config_dir))
@@ -109,7 +113,7 @@ def reconcile(
         try:
             report.applied[repo.name] = [m.path.name for m in run.migrate(repo)]
             if repo.tenants is not None:
-                report.tenants[repo.name] = run.tenant_rollout(repo).run(rollout.Options())
+                report.tenants[repo.name] = run.tenant_rollout(repo, stop=stop).run(rollout.Options())
         except OrchestratorError as exc:
             report.errors.append(f"{repo.name}: {exc}")
     return report

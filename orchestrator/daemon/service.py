@@ -59,7 +59,11 @@ class Service:
                 return
             started = time.monotonic()
             report = reconcile.reconcile(
-                self.config_dir, self.root, state_kind=self.state_kind, generate_migrations=self.generate
+                self.config_dir,
+                self.root,
+                state_kind=self.state_kind,
+                generate_migrations=self.generate,
+                stop=self.stopping,
             )
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
             self._record(report)
@@ -80,7 +84,7 @@ class Service:
                 if repo.tenants is None:
                     continue
                 try:
-                    results = run.tenant_rollout(repo).run(rollout.Options())
+                    results = run.tenant_rollout(repo, stop=self.stopping).run(rollout.Options())
                 except OrchestratorError as exc:
                     self._event("tenants.error", repo=repo.name, error=db.redact(str(exc)))
                     failed = True

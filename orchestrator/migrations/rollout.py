@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as futures
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,8 @@ class TenantRollout:
     store: state.Store
     out: Out = print
     progress: bool = False
+    stop: threading.Event | None = None
+    """Set by the daemon on SIGTERM: no new tenant is started; running ones finish."""
     _migrations: list[files.MigrationFile] = field(default_factory=list)
     _adopted: set[str] = field(default_factory=set)  # tenants whose schema_migrations is known to be ours
     _texts: dict[int, tuple[str, str]] = field(default_factory=dict)  # stored texts, for rollbacks
@@ -199,7 +202,8 @@ class TenantRollout:
                 running: dict[futures.Future[TenantResult], str] = {}
                 while queue or running:
                     failed = sum(r.status == "failed" for r in results.values())
-                    while queue and len(running) < concurrency and (limit is None or failed < limit):
+                    stopping = self.stop is not None and self.stop.is_set()
+                    while queue and not stopping and len(running) < concurrency and (limit is None or failed < limit):
                         tenant = queue.popleft()
                         running[executor_.submit(self._tenant, pool, tenant, options)] = tenant
                     if not running:

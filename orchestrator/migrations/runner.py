@@ -189,10 +189,10 @@ class Runner:
 
     # -- tenants -------------------------------------------------------------------------------------------
 
-    def tenant_rollout(self, repo: model.Repo, *, progress: bool = False) -> Any:
+    def tenant_rollout(self, repo: model.Repo, *, progress: bool = False, stop: Any = None) -> Any:
         from orchestrator.migrations import rollout
 
-        return rollout.TenantRollout(repo, db.conninfo(repo, self.root), self.store(repo), self.out, progress)
+        return rollout.TenantRollout(repo, db.conninfo(repo, self.root), self.store(repo), self.out, progress, stop)
 
     def tenant_status(self, repo: model.Repo) -> dict[str, Any]:
         """Per tenant: applied, pending, and the outcome of its last rollout (bulk queries)."""
