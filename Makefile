@@ -33,6 +33,7 @@ test: install
 bench: install
 	$(PY) bench/generate_bench.py
 	$(PY) bench/tenants_bench.py
+	$(PY) bench/daemon_bench.py
 
 lint: install
 	$(BIN)/ruff check orchestrator tests bench

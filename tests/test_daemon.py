@@ -156,6 +156,9 @@ def test_an_edit_is_rolled_out_to_the_global_table_and_every_tenant(daemon: Daem
     assert columns(daemon.url, "public", "accounts") == ["id", "label"]
     assert columns(daemon.url, "globex", "notes") == ["id", "label"]
     eventually(lambda: daemon.get("/readyz")[0] == 200 and daemon.get("/status")[1]["revision"] != first)
+    repo = daemon.get("/status")[1]["repos"][0]
+    latest = max(int(p.name[:14]) for p in (tmp_path / "priv/app/tenant_migrations").glob("*.sql"))
+    assert repo["latest_tenant_version"] == latest and repo["tenants"] == 2 and repo["tenants_failed"] == []
     assert daemon.get("/healthz") == (200, {"status": "ok"})
     code, page = daemon.get("/")
     assert code == 200 and "orchestrator" in page and "ready" in page

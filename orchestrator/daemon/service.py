@@ -150,6 +150,23 @@ class Service:
         if self.log is not None:
             self.log.info(name, **fields)
 
+    def _repo_status(self, repo: model.Repo) -> dict[str, Any]:
+        """The latest migration versions (what every target should be at) and the last tenant outcomes."""
+        from orchestrator.migrations import runner
+
+        run = runner.Runner(self.cfg or model.Config((), ()), self.root, out=lambda _: None, state_kind=self.state_kind)
+        latest_global = [m.version for m in run.migrations(repo)]
+        latest_tenant = [m.version for m in run.tenant_migrations(repo)]
+        results = self.report.tenants.get(repo.name, []) if self.report else []
+        return {
+            "name": repo.name,
+            "tenant_source": repo.tenants.kind if repo.tenants else None,
+            "latest_version": max(latest_global, default=None),
+            "latest_tenant_version": max(latest_tenant, default=None),
+            "tenants": len(results),
+            "tenants_failed": [r.tenant for r in results if r.status == "failed"],
+        }
+
     def status(self) -> dict[str, Any]:
         report = self.report
         return {
@@ -158,10 +175,7 @@ class Service:
             "config_valid": not self.problems,
             "problems": [p.as_dict() for p in self.problems],
             "last_success": self.last_success,
-            "repos": [
-                {"name": r.name, "tenant_source": r.tenants.kind if r.tenants else None}
-                for r in (self.cfg.repos if self.cfg else ())
-            ],
+            "repos": [self._repo_status(r) for r in (self.cfg.repos if self.cfg else ())],
             "last_reconcile": {k: v for k, v in report.as_dict().items() if k != "problems"} if report else None,
             "rollouts": [vars(r) for r in self.rollouts.values()],
         }
