@@ -310,3 +310,33 @@ def test_two_daemons_on_one_database_migrate_each_tenant_once(tmp_path: Path, da
         )
         assert files.fetchone() == (1,)
     assert migrated == [(name, 1) for name in names]
+
+
+def test_a_failing_tenant_is_retried_with_backoff(tmp_path: Path, database_url: str) -> None:
+    """In process: the failed tenant sits out passes inside its backoff, then is retried and forgotten."""
+    from orchestrator.daemon.service import Service
+
+    write(
+        tmp_path / "config" / "repo.yaml",
+        REPO.replace('query: "SELECT name FROM public.registry ORDER BY 1"', "static: [good, bad]"),
+    )
+    write(tmp_path / "config" / "notes.yaml", res("note", "notes", ID, CONTEXT))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA bad; CREATE TABLE bad.notes (conflict int)")
+    os.environ["APP_URL"] = database_url
+    try:
+        service = Service(tmp_path / "config", tmp_path)
+        service.reconcile_job()
+        assert service.backoff[("app", "bad")][0] == 1 and not service.ready
+        service.tenants_job()  # inside the backoff: not tried again
+        with psycopg.connect(database_url) as conn:
+            tries = conn.execute("SELECT count(*) FROM orchestrator.rollout_tenants WHERE tenant = 'bad'").fetchone()
+        assert tries == (1,) and not service.ready
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("DROP TABLE bad.notes")
+        service.backoff[("app", "bad")] = (1, 0.0)  # the backoff has run out
+        service.tenants_job()
+        assert ("app", "bad") not in service.backoff and service.ready
+        assert columns(database_url, "bad", "notes") == ["id"]
+    finally:
+        os.environ.pop("APP_URL")

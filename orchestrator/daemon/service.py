@@ -44,6 +44,8 @@ class Service:
     ready: bool = False
     last_success: float | None = None
     rollouts: dict[str, Rollout] = field(default_factory=dict)
+    backoff: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    """(repo, tenant) -> (consecutive failures, when to try again): the retry of failed tenants."""
     stopping: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,8 +57,8 @@ class Service:
             return
         with self._lock:
             current = reconcile.fingerprint(self.config_dir, self.root, self.cfg, self.state_kind)
-            if current == self.fingerprint and self.report is not None and self.report.ok:
-                return
+            if current == self.fingerprint and self.report is not None and not self.report.errors:
+                return  # nothing new; failed tenants are the tenants job's, with backoff
             started = time.monotonic()
             report = reconcile.reconcile(
                 self.config_dir,
@@ -69,6 +71,8 @@ class Service:
             self._record(report)
             if not report.problems:
                 self.cfg = config.load(self.config_dir, base=self.config_dir.parent)
+                for repo in self.cfg.repos:
+                    self._note_failures(repo, report.tenants.get(repo.name, []))
                 self.fingerprint = reconcile.fingerprint(self.config_dir, self.root, self.cfg, self.state_kind)
 
     def tenants_job(self) -> None:
@@ -83,17 +87,38 @@ class Service:
             for repo in self.cfg.repos:
                 if repo.tenants is None:
                     continue
+                waiting = self._waiting(repo.name)
                 try:
-                    results = run.tenant_rollout(repo, stop=self.stopping).run(rollout.Options())
+                    results = run.tenant_rollout(repo, stop=self.stopping).run(rollout.Options(exclude=waiting))
                 except OrchestratorError as exc:
                     self._event("tenants.error", repo=repo.name, error=db.redact(str(exc)))
                     failed = True
                     continue
+                self._note_failures(repo, results)
                 metrics.count_tenants(repo.name, results)
-                failed = failed or any(r.status == "failed" for r in results)
+                failed = failed or bool(waiting) or any(r.status == "failed" for r in results)
                 if self.report is not None:
                     self.report.tenants[repo.name] = results
             self.ready = bool(self.report and not self.report.problems and not self.report.errors and not failed)
+
+    def _waiting(self, repo: str) -> list[str]:
+        """Failed tenants still inside their backoff: left out of this pass."""
+        now = time.monotonic()
+        return sorted(
+            tenant for (name, tenant), (_, retry_at) in self.backoff.items() if name == repo and retry_at > now
+        )
+
+    def _note_failures(self, repo: model.Repo, results: list[Any]) -> None:
+        """A tenant that fails again waits twice as long before the next try (from the repo's retry.initialDelay,
+        up to 10 minutes); one that succeeds is forgotten."""
+        for result in results:
+            key = (repo.name, result.tenant)
+            if result.status == "failed":
+                failures = self.backoff.get(key, (0, 0.0))[0] + 1
+                delay = min(repo.retry.initial_delay_ms / 1000 * 2**failures, 600.0)
+                self.backoff[key] = (failures, time.monotonic() + delay)
+            elif result.status in ("migrated", "up to date"):
+                self.backoff.pop(key, None)
 
     def start_rollout(self, repo: str | None, tenants: list[str] | None, dry_run: bool) -> Rollout:
         record = Rollout(uuid.uuid4().hex[:12], repo, tenants, dry_run)
