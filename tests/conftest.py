@@ -56,6 +56,17 @@ def database_url(server_url: str) -> Iterator[str]:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def columns(url: str, schema: str, table: str) -> list[str]:
+    """The live columns of ``schema.table``, in order (empty when the table does not exist)."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND "
+            "table_name = %s ORDER BY ordinal_position",
+            (schema, table),
+        ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 @dataclass
 class Result:
     code: int

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import run_cli, write
+from tests.conftest import columns, run_cli, write
 from tests.harness import res
 
 REPO = """apiVersion: orchestrator/v1
@@ -107,16 +107,6 @@ def eventually(check: Callable[[], bool], seconds: float = 20) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError(f"not true within {seconds} s")
-
-
-def columns(url: str, schema: str, table: str) -> list[str]:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND "
-            "table_name = %s ORDER BY ordinal_position",
-            (schema, table),
-        ).fetchall()
-    return [str(r[0]) for r in rows]
 
 
 def manifests(directory: Path, extra: str = "") -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 
 from orchestrator.daemon import reconcile
-from tests.conftest import write
+from tests.conftest import columns, write
 from tests.harness import res
 
 REPO = """apiVersion: orchestrator/v1
@@ -20,16 +20,6 @@ spec:
   tenants: {static: [t1, t2], createSchemas: true}
 """
 ID = "    - {name: id, type: bigint, primaryKey: true}\n"
-
-
-def columns(url: str, schema: str, table: str) -> list[str]:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND "
-            "table_name = %s ORDER BY ordinal_position",
-            (schema, table),
-        ).fetchall()
-    return [str(r[0]) for r in rows]
 
 
 def project(root: Path, url: str, extra: str = "") -> Path:
