@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator import __version__, config, model, state
+import psycopg
+
+from orchestrator import __version__, config, db, model, state
 from orchestrator.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -28,6 +30,8 @@ from orchestrator.errors import (
 from orchestrator.generator import generate
 
 Handler = Callable[[argparse.Namespace], int]
+MAX_PROBLEMS_SHOWN = 100
+"""A file of thousands of broken documents is summed up, not scrolled past."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OrchestratorError as exc:
         _emit_error(args, str(exc))
         return exc.exit_code
+    except psycopg.Error as exc:  # a database error no command turned into a message: one line, no traceback
+        text = str(exc).strip()
+        _emit_error(args, f"database error: {db.redact(text.splitlines()[0] if text else type(exc).__name__)}")
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -203,9 +211,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         if args.json:
             _print_json(report.as_dict())
+        elif report.problems:
+            print(f"reconcile of {report.revision}: failed")
+            return _report_config_error(args, ConfigError(report.problems))
         else:
-            for problem in report.problems:
-                print(problem, file=sys.stderr)
             for error in report.errors:
                 print(f"error: {error}", file=sys.stderr)
             print(f"reconcile of {report.revision}: {'ok' if report.ok else 'failed'}")
@@ -558,8 +567,11 @@ def _report_config_error(args: argparse.Namespace, exc: ConfigError) -> int:
     if getattr(args, "json", False):
         _print_json({"valid": False, "problems": [p.as_dict() for p in exc.problems]})
     else:
-        for problem in exc.problems:
+        for problem in exc.problems[:MAX_PROBLEMS_SHOWN]:
             print(problem, file=sys.stderr)
+        hidden = len(exc.problems) - MAX_PROBLEMS_SHOWN
+        if hidden > 0:
+            print(f"... and {hidden} more (--json lists them all)", file=sys.stderr)
         print(f"{exc}; nothing was written or applied", file=sys.stderr)
     return exc.exit_code
 

@@ -130,9 +130,22 @@ def _embedded_exists(root: Path, name: str) -> bool:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
 
+CONNECT_OPTIONS: dict[str, Any] = {
+    "application_name": "orchestrator",
+    "connect_timeout": 10,
+    # A peer that vanished (a node gone, a NAT entry dropped) is noticed within about a minute instead of the
+    # kernel's two hours, so the attempt fails as a lost connection and is retried on a new one.
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+"""libpq options for every connection the orchestrator opens (single ones and the rollout's pool)."""
+
+
 def open_connection(info: str, *, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
     """Connect, letting psycopg's errors through (for callers that retry transient ones)."""
-    return psycopg.connect(info, autocommit=autocommit, connect_timeout=10, application_name="orchestrator")
+    return psycopg.connect(info, autocommit=autocommit, **CONNECT_OPTIONS)
 
 
 def watch_client(conn: psycopg.Connection[Any]) -> None:

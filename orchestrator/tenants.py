@@ -19,6 +19,7 @@ import psycopg
 
 from orchestrator import model
 from orchestrator.errors import DatabaseError
+from orchestrator.migrations import retry
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 QUERY_TIMEOUT_MS = 30_000
@@ -67,6 +68,8 @@ def list_tenants(repo: model.Repo, conn: psycopg.Connection[Any] | None) -> Tena
         note = f"no tenants yet: {_first_line(exc)} (the global migrations create it)"
         return TenantList(repo.name, source.kind, (), note=note)
     except psycopg.Error as exc:
+        if retry.is_transient(exc):  # the connection was lost: the caller retries, it is not the query's fault
+            raise
         raise DatabaseError(f"repo {repo.name}: the tenant {source.kind} failed: {_first_line(exc)}") from None
     return _checked(repo.name, source.kind, rows)
 

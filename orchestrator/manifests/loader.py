@@ -77,7 +77,11 @@ def format_path(path: Path_) -> str:
     """Render a JSON path as users write it: ``spec.attributes[2].type``."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            shown = part if part.isprintable() else repr(part)[1:-1]  # a key with NUL or escapes stays one line
+            out += f".{shown}" if out else shown
     return out if len(out) <= 120 else out[:117] + "..."
 
 

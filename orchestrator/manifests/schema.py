@@ -148,6 +148,8 @@ def _message(error: ValidationError) -> str:
         return f"must be {rule_value!r}, not {_short(value)}"
     if rule == "minItems":
         return f"needs at least {rule_value} item{'s' if rule_value != 1 else ''}"
+    if rule == "maxItems":
+        return f"has {len(value)} items; {schema.get('x-error', f'at most {rule_value} are allowed')}"
     if rule == "uniqueItems":
         return "lists the same item more than once"
     if rule in ("minimum", "maximum"):

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as futures
+import logging
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -32,6 +33,7 @@ from orchestrator.errors import BadInputError, OrchestratorError
 from orchestrator.migrations import bulk, executor, files, locking, planner, recorder, retry
 
 Out = Callable[[str], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -95,30 +97,41 @@ class TenantRollout:
 
     def run(self, options: Options) -> list[TenantResult]:
         """Run the rollout; return one result per selected tenant."""
-        with db.open_connection(self.info) as control:
-            control.execute("SET synchronous_commit TO off")  # rollout records: cheap commits, schema_migrations rules
-            recorder.ensure_shared(control)
-            listed = tenants.list_tenants(self.repo, control)
-            names = select(listed.tenants, options.only, options.exclude)
-            results = {name: TenantResult(name, "failed", error="invalid tenant name") for name in listed.invalid}
-            work, names = self._plan(control, names, options, results)
-            if options.dry_run:
-                self._show(work, options.direction)
-                return list(results.values())
-            if not work and not results:
-                return [TenantResult(n, "up to date") for n in names]
-            self._store_texts(control, work, options.direction)
-            rollout = recorder.start_rollout(control, options.direction, len(work) + len(results))
-            for failure in results.values():  # planning failures (an edited migration): visible in status too
-                recorder.record_tenant(
-                    control, rollout, failure.tenant, status="failed", attempts=0, applied=[], error=failure.error
-                )
-            done = self._fan_out(control, rollout, work, options) if work else {}
-            results.update(done)
-            recorder.finish_rollout(control, rollout, sum(r.status == "failed" for r in results.values()))
+        control = Control(self.info, self.repo.retry)
+        try:
+            return self._run(control, options)
+        finally:
+            control.close()
+
+    def _run(self, control: Control, options: Options) -> list[TenantResult]:
+        names, work, results = control.run(lambda conn: self._prepare(conn, options))
+        if options.dry_run:
+            self._show(work, options.direction)
+            return list(results.values())
+        if not work and not results:
+            return [TenantResult(n, "up to date") for n in names]
+        control.run(lambda conn: self._store_texts(conn, work, options.direction))
+        rollout = control.run(lambda conn: recorder.start_rollout(conn, options.direction, len(work) + len(results)))
+        for failure in results.values():  # planning failures (an edited migration): visible in status too
+            self._record(control, rollout, failure)
+        done = self._fan_out(control, rollout, work, options) if work else {}
+        results.update(done)
+        failed = sum(r.status == "failed" for r in results.values())
+        control.run(lambda conn: recorder.finish_rollout(conn, rollout, failed))
         return [results.get(n) or TenantResult(n, "up to date") for n in names] + [
             r for n, r in results.items() if n not in names
         ]
+
+    def _prepare(
+        self, control: psycopg.Connection[Any], options: Options
+    ) -> tuple[list[str], dict[str, list[files.MigrationFile]], dict[str, TenantResult]]:
+        """List the tenants and find the work; read-only and repeatable, so a lost connection just re-runs it."""
+        recorder.ensure_shared(control)
+        listed = tenants.list_tenants(self.repo, control)
+        names = select(listed.tenants, options.only, options.exclude)
+        results = {name: TenantResult(name, "failed", error="invalid tenant name") for name in listed.invalid}
+        work, names = self._plan(control, names, options, results)
+        return names, work, results
 
     # -- planning ------------------------------------------------------------------------------------------
 
@@ -168,7 +181,7 @@ class TenantRollout:
 
     def _fan_out(
         self,
-        control: psycopg.Connection[Any],
+        control: Control,
         rollout: int,
         work: dict[str, list[files.MigrationFile]],
         options: Options,
@@ -181,13 +194,15 @@ class TenantRollout:
         from psycopg_pool import ConnectionPool  # only when there is work: a no-op does not pay for it
 
         bar = _Progress(len(work), self.progress, self.repo.name)
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # lost connections are reported as retries
         pool: ConnectionPool[Any] = ConnectionPool(
             self.info,
             min_size=1,
             max_size=concurrency,
             open=True,
-            kwargs={"autocommit": True, "application_name": "orchestrator"},
+            kwargs={"autocommit": True, **db.CONNECT_OPTIONS},
             configure=db.watch_client,
+            check=ConnectionPool.check_connection,  # one that died while idle is replaced, not handed out
         )
         try:
             for tenant in canaries:  # one at a time; any failure stops the rollout
@@ -228,46 +243,61 @@ class TenantRollout:
 
     def _done(
         self,
-        control: psycopg.Connection[Any],
+        control: Control,
         rollout: int,
         result: TenantResult,
         results: dict[str, TenantResult],
         bar: _Progress,
     ) -> None:
         results[result.tenant] = result
-        recorder.record_tenant(
-            control,
-            rollout,
-            result.tenant,
-            status=result.status,
-            attempts=result.attempts,
-            applied=result.applied,
-            error=result.error,
-        )
+        self._record(control, rollout, result)
         bar.update(result)
+
+    def _record(self, control: Control, rollout: int, result: TenantResult) -> None:
+        """Write the tenant's outcome (an upsert: re-running it after a lost connection changes nothing)."""
+        control.run(
+            lambda conn: recorder.record_tenant(
+                conn,
+                rollout,
+                result.tenant,
+                status=result.status,
+                attempts=result.attempts,
+                applied=result.applied,
+                error=result.error,
+            )
+        )
 
     def _tenant(self, pool: Any, tenant: str, options: Options) -> TenantResult:
         """Migrate one tenant, retrying transient errors; never raises."""
         started = time.monotonic()
         attempts = 0
+        done: list[str] = []  # what this rollout applied to the tenant, over all attempts
+        in_flight: list[files.MigrationFile] = []  # what an attempt was applying when it failed
 
-        def attempt() -> list[str]:
+        def attempt() -> None:
             nonlocal attempts
             attempts += 1
             with pool.connection() as conn:
-                return self._migrate_tenant(conn, tenant, options)
+                self._migrate_tenant(conn, tenant, options, done, in_flight)
 
         try:
-            applied = retry.run(self.repo.retry, attempt)
+            retry.run(self.repo.retry, attempt)
         except (OrchestratorError, psycopg.Error) as exc:
             message = db.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             state_ = getattr(exc, "sqlstate", None)
             error = f"{state_} {message}" if state_ and state_ not in message else message
-            return TenantResult(tenant, "failed", [], attempts, error, _ms(started))
-        status = "up to date" if not applied else ("migrated" if options.direction == "up" else "rolled back")
-        return TenantResult(tenant, status, applied, attempts, None, _ms(started))
+            return TenantResult(tenant, "failed", done, attempts, error, _ms(started))
+        status = "up to date" if not done else ("migrated" if options.direction == "up" else "rolled back")
+        return TenantResult(tenant, status, done, attempts, None, _ms(started))
 
-    def _migrate_tenant(self, conn: psycopg.Connection[Any], tenant: str, options: Options) -> list[str]:
+    def _migrate_tenant(
+        self,
+        conn: psycopg.Connection[Any],
+        tenant: str,
+        options: Options,
+        done: list[str],
+        in_flight: list[files.MigrationFile],
+    ) -> None:
         target = executor.Target(self.repo, db.database_name(self.info), tenant, "tenant")
         key = locking.key(target.database, tenant)
         with locking.advisory_lock(conn, key, self.repo.timeouts.lock_wait_ms, target.name):
@@ -279,6 +309,10 @@ class TenantRollout:
             if tenant not in self._adopted:
                 recorder.ensure_target(conn, tenant, lock_timeout_ms=self.repo.timeouts.lock_timeout_ms)
             applied = recorder.applied(conn, tenant, adopted=True)  # under the lock: authoritative
+            for migration in in_flight:  # the connection was lost after its COMMIT reached the server
+                if (migration.version in applied) == (options.direction == "up"):
+                    done.append(migration.path.name)
+            in_flight.clear()
             if options.direction == "up":
                 todo = planner.pending(
                     self._migrations, applied, to=options.to, step=options.step, strict=options.strict
@@ -286,8 +320,10 @@ class TenantRollout:
             else:
                 todo = planner.rollback(self._migrations, applied, self._texts, step=options.step, to=options.to)
             for migration in todo:
+                in_flight.append(migration)
                 executor.apply(conn, target, migration, options.direction, store_text=False)
-            return [m.path.name for m in todo]
+                in_flight.clear()
+                done.append(migration.path.name)
 
     def _show(self, work: dict[str, list[files.MigrationFile]], direction: str) -> None:
         for tenant, todo in work.items():
@@ -297,6 +333,40 @@ class TenantRollout:
                 self.out(f"SET search_path TO {sql.Identifier(tenant).as_string(None)}, public;")
                 for statement in section.statements:
                     self.out(f"{statement};")
+
+
+class Control:
+    """The rollout's own connection (tenant list, plan, outcome records), re-opened when it is lost.
+
+    Every call made through ``run`` is repeatable (reads, upserts), so a transient error closes the connection
+    and the call is retried on a new one with the repo's retry policy; tenants' work is not affected.
+    """
+
+    def __init__(self, info: str, policy: model.Retry) -> None:
+        self.info, self.policy = info, policy
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def run(self, call: Callable[[psycopg.Connection[Any]], T]) -> T:
+        def attempt() -> T:
+            try:
+                return call(self._connection())
+            except psycopg.Error as exc:
+                if retry.is_transient(exc):
+                    self.close()
+                raise
+
+        return retry.run(self.policy, attempt)
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = db.open_connection(self.info)
+            self._conn.execute("SET synchronous_commit TO off")  # outcome records: cheap commits
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class _Progress:

@@ -1,0 +1,183 @@
+"""Breaking things on purpose: lost connections, killed runners and daemons, PostgreSQL restarts mid-rollout.
+
+The promise under test: whatever breaks, no tenant is left half-migrated, nothing is applied twice and nothing
+is lost. After every fault the live database is checked (``Project.check``): each tenant's versions are a
+prefix of the migration files, recorded once each, and its schema matches the model of that version in
+``pg_catalog``. At the end every tenant is at the latest version.
+
+``make test`` runs these at a scale that keeps the suite quick; ``make soak`` (``ORCHESTRATOR_SOAK=1``) runs
+the long version: 20 kills each of the runner and of the daemon, more PostgreSQL restarts, denser faults.
+Each test prints its figures (run with ``-s`` to see them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.cluster import Cluster
+from tests.faultproxy import FaultProxy
+from tests.fleet import Project, names
+from tests.test_daemon import free_port
+
+
+@dataclass(frozen=True)
+class Scale:
+    tenants: int
+    kills: int
+    restarts: int
+    fault_interval: float  # mean seconds between injected connection faults
+
+
+SOAK = os.environ.get("ORCHESTRATOR_SOAK") == "1"
+SCALE = Scale(tenants=200, kills=20, restarts=6, fault_interval=0.15) if SOAK else Scale(200, 4, 2, 0.3)
+SEED = int(os.environ.get("ORCHESTRATOR_FAULT_SEED", "7"))
+KILL_WINDOW = (0.5, 1.8)
+"""A kill lands this many seconds after the process starts (start-up included: that is a moment too)."""
+
+pytestmark = pytest.mark.slow
+T = TypeVar("T")
+
+
+def figures(name: str, **values: object) -> None:
+    print(f"\n[{name}] " + ", ".join(f"{k}={v}" for k, v in values.items()))
+
+
+def ready(root: Path, url: str, *, backfill_per_kill: int = 0) -> tuple[Project, list[str]]:
+    """Two generations of migrations, the global ones applied, the tenants registered but not migrated.
+
+    With ``backfill_per_kill``, a slow backfill makes the whole rollout last about that many kill windows,
+    so every kill lands inside it.
+    """
+    project = Project(root, url)
+    project.generate(1)
+    project.generate(2)
+    tenants = names(SCALE.tenants)
+    if backfill_per_kill:
+        seconds = backfill_per_kill * KILL_WINDOW[1] * 4 / len(tenants)  # concurrency 4
+        project.add_backfill(round(seconds, 3))
+    migrated = project.cli("migrate")
+    assert migrated.code == 0, migrated.err
+    project.register(tenants)
+    return project, tenants
+
+
+def test_connection_faults_during_a_200_tenant_rollout(tmp_path: Path, database_url: str) -> None:
+    project, tenants = ready(tmp_path, database_url)
+    with FaultProxy(database_url, seed=SEED, mean_interval=SCALE.fault_interval, max_stall=1.0) as proxy:
+        proxy.armed.set()
+        result = project.cli("migrate", "--tenants", "--json", url=proxy.url())
+        proxy.armed.clear()
+    assert result.code == 0, result.err
+    report = json.loads(result.out)["repos"][0]["tenants"]
+    assert sorted(t["tenant"] for t in report if t["status"] == "migrated") == tenants
+    retries = sum(t["attempts"] - 1 for t in report)
+    assert proxy.total >= 5, "the proxy injected faults"
+    assert retries >= 1, "some tenant needed a retry"
+    checked = project.check(tenants, finished=True)
+    figures(
+        "connection faults",
+        tenants=checked.tenants,
+        faults=proxy.total,
+        kinds=dict(proxy.faults),
+        connections=proxy.connections,
+        tenant_retries=retries,
+        consistent=True,
+    )
+
+
+def test_kill_9_of_the_runner_at_random_moments(tmp_path: Path, database_url: str) -> None:
+    project, tenants = ready(tmp_path, database_url, backfill_per_kill=SCALE.kills + 2)
+    rng = random.Random(SEED)
+    progress = []
+    for _ in range(SCALE.kills):
+        runner = project.popen("migrate", "--tenants")
+        time.sleep(rng.uniform(*KILL_WINDOW))
+        assert runner.poll() is None, "the kill lands before the rollout ends"
+        runner.kill()
+        runner.wait()
+        progress.append(project.check(tenants).finished)  # no tenant half-migrated, nothing twice
+    assert progress[-1] < len(tenants), "every kill landed inside the rollout"
+    final = project.cli("migrate", "--tenants")
+    assert final.code == 0, final.err
+    checked = project.check(tenants, finished=True)
+    figures("kill -9 runner", tenants=checked.tenants, kills=SCALE.kills, finished_after_each=progress, consistent=True)
+
+
+def test_kill_9_of_the_daemon_at_random_moments(tmp_path: Path, database_url: str) -> None:
+    project, tenants = ready(tmp_path, database_url, backfill_per_kill=SCALE.kills + 2)
+    rng = random.Random(SEED + 1)
+    port = free_port()
+    serve = ("serve", "--config", "config", "--interval", "1s", "--listen", f"127.0.0.1:{port}")
+    progress = []
+    for _ in range(SCALE.kills):
+        daemon = project.popen(*serve)
+        time.sleep(rng.uniform(KILL_WINDOW[0] + 0.3, KILL_WINDOW[1] + 0.3))  # it also loads and validates
+        assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
+        daemon.kill()
+        daemon.wait()
+        progress.append(project.check(tenants).finished)
+    assert progress[-1] < len(tenants), "every kill landed inside the rollout"
+    daemon = project.popen(*serve)
+    try:
+        checked = _eventually(lambda: project.check(tenants, finished=True), timeout=240)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(timeout=120)
+    assert code == 0
+    figures("kill -9 daemon", tenants=checked.tenants, kills=SCALE.kills, finished_after_each=progress, consistent=True)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """A PostgreSQL this test may restart."""
+    owned = Cluster()
+    owned.start()
+    with psycopg.connect(owned.url(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier("app")))
+    yield owned
+    owned.destroy()
+
+
+def test_postgres_restarts_mid_rollout(tmp_path: Path, cluster: Cluster) -> None:
+    project, tenants = ready(tmp_path, cluster.url("app"), backfill_per_kill=SCALE.restarts + 2)
+    rng = random.Random(SEED + 2)
+    runner = project.popen("migrate", "--tenants")
+    progress = []
+    for _ in range(SCALE.restarts):
+        time.sleep(rng.uniform(*KILL_WINDOW))
+        assert runner.poll() is None, "the restart lands inside the rollout"
+        cluster.restart()
+        progress.append(project.check(tenants).finished)
+    code = runner.wait(timeout=600)
+    assert code == 0, runner.stderr.read() if runner.stderr else ""
+    checked = project.check(tenants, finished=True)
+    figures(
+        "postgres restarts",
+        tenants=checked.tenants,
+        restarts=SCALE.restarts,
+        finished_after_each=progress,
+        consistent=True,
+    )
+
+
+def _eventually(check: Callable[[], T], *, timeout: float) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
