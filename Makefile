@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config
 
-.PHONY: install run test lint fmt bench lock clean
+.PHONY: install run test soak lint fmt bench lock clean
 
 install: $(STAMP)
 
@@ -28,6 +28,12 @@ run: install
 # The whole suite against real PostgreSQL: $$ORCHESTRATOR_TEST_DATABASE_URL if set, else embedded.
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The long version of the fault-injection tests (ORCHESTRATOR_SOAK=1): 20 kill -9s each of the runner and of
+# the daemon, six PostgreSQL restarts and denser connection faults over 200 tenants, and thousands of fuzz
+# examples. Prints the figures of each run (faults injected, kills, restarts, consistency checks).
+soak: install
+	ORCHESTRATOR_SOAK=1 $(BIN)/pytest -s --timeout 1800 tests/test_faults.py tests/test_property_manifests.py tests/test_hostile.py $(PYTEST_ARGS)
 
 # Benchmarks (not tests): ratios against a floor measured in the same run.
 bench: install

@@ -8,8 +8,10 @@ Each test that asks for ``database_url`` gets a database of its own, dropped aft
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -24,19 +26,26 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Return a URL for the maintenance database of the test server."""
+def server_url() -> Iterator[str]:
+    """Return a URL for the maintenance database of the test server.
+
+    The embedded server's data lives in a directory of its own, not under pytest's temporary root: as root,
+    PostgreSQL runs as pgserver's system user, and every new pytest session makes that root private again
+    (mode 0700), which would cut a server still in use by another session off from its own files.
+    """
     url = os.environ.get("ORCHESTRATOR_TEST_DATABASE_URL")
     if url:
         yield url
         return
+    data = Path(tempfile.mkdtemp(prefix="orchestrator-test-pg-"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pgserver
 
-        srv = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+        srv = pgserver.get_server(data, cleanup_mode="stop")
     yield str(srv.get_uri("postgres"))
     srv.cleanup()
+    shutil.rmtree(data, ignore_errors=True)
 
 
 def with_dbname(url: str, dbname: str) -> str:

@@ -181,3 +181,36 @@ def _eventually(check: Callable[[], T], *, timeout: float) -> T:
             if time.monotonic() > deadline:
                 raise
             time.sleep(1)
+
+
+def test_a_lock_held_past_lock_timeout_fails_one_tenant_only(tmp_path: Path, database_url: str) -> None:
+    project = Project(tmp_path, database_url)
+    project.generate(1)
+    tenants = names(SCALE.tenants)
+    assert project.cli("migrate").code == 0
+    project.register(tenants)
+    assert project.cli("migrate", "--tenants").code == 0
+    project.generate(2)
+    repo = (tmp_path / "config/repo.yaml").read_text()
+    fast = repo.replace("lockTimeout: 2s", "lockTimeout: 300ms").replace("attempts: 20", "attempts: 3")
+    (tmp_path / "config/repo.yaml").write_text(fast)
+    locked = tenants[len(tenants) // 2]
+    with psycopg.connect(database_url) as blocker:  # holds the lock until the rollout is over
+        blocker.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.Identifier(locked, "tasks")))
+        started = time.monotonic()
+        result = project.cli("migrate", "--tenants", "--json")
+        seconds = time.monotonic() - started
+    assert result.code == 1
+    report = {t["tenant"]: t for t in json.loads(result.out)["repos"][0]["tenants"]}
+    assert report[locked]["status"] == "failed" and report[locked]["attempts"] == 3
+    assert "55P03" in report[locked]["error"]
+    assert all(report[t]["status"] == "migrated" for t in tenants if t != locked)
+    status = project.cli("status", "--tenants", "--json")
+    assert status.code == 1
+    rows = {row["tenant"]: row for row in json.loads(status.out)["repos"][0]["tenants"]}
+    assert rows[locked]["last_status"] == "failed" and rows[locked]["pending"]
+    checked = project.check(tenants)  # the locked tenant is whole at generation 1, the others at 2
+    assert checked.at == {1: 1, 2: len(tenants) - 1}
+    assert project.cli("migrate", "--tenants", "--retry-failed").code == 0
+    project.check(tenants, finished=True)
+    figures("lock contention", tenants=len(tenants), failed=[locked], attempts=3, rollout_seconds=round(seconds, 1))

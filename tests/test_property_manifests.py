@@ -9,6 +9,7 @@ and a column inside it, and a message.
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -94,7 +95,10 @@ def corrupt(data: st.DataObject, text: str) -> str:
     return text[:position] + junk + text[position:]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SOAK = os.environ.get("ORCHESTRATOR_SOAK") == "1"  # make soak: many more examples
+
+
+@settings(max_examples=3000 if SOAK else 150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_random_edits_never_crash_the_loader(data: st.DataObject) -> None:
     files = copy.deepcopy(SOURCES)
@@ -117,5 +121,36 @@ def test_random_edits_never_crash_the_loader(data: st.DataObject) -> None:
                 lines = (directory / problem.file).read_bytes().count(b"\n") + 1
                 assert 1 <= problem.line <= lines, problem
                 assert problem.column >= 1 and problem.message, problem
+    finally:
+        shutil.rmtree(directory)
+
+
+YAMLISH = st.lists(
+    st.one_of(
+        st.sampled_from(
+            ["\n", "  ", "- ", ": ", "{", "}", "[", "]", ",", "&a ", "*a ", "!!str ", "? ", "---\n", "'", '"']
+        ),
+        st.sampled_from(["apiVersion", "kind", "Repo", "Resource", "metadata", "spec", "name", "attributes"]),
+        st.text(max_size=6),
+    ),
+    max_size=60,
+).map("".join)
+
+
+@settings(max_examples=5000 if SOAK else 300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.binary(max_size=400), YAMLISH.map(lambda t: t.encode("utf-8", errors="surrogatepass"))))
+def test_arbitrary_bytes_never_crash_the_loader_or_the_validator(raw: bytes) -> None:
+    """Any bytes at all: a model or located problems, never an exception."""
+    directory = Path(tempfile.mkdtemp())
+    try:
+        (directory / "m.yaml").write_bytes(raw)
+        try:
+            config.load(directory, base=directory)
+        except ConfigError as exc:
+            assert exc.problems
+            lines = raw.count(b"\n") + 1
+            for problem in exc.problems:
+                assert problem.file == "m.yaml" and 1 <= problem.line <= lines and problem.column >= 1, problem
+                assert problem.message, problem
     finally:
         shutil.rmtree(directory)

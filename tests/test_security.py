@@ -8,11 +8,11 @@ a whole rollout, status and rollback.
 
 from __future__ import annotations
 
+import hmac
 import re
 import signal
 import urllib.parse
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -125,14 +125,14 @@ def _request(authorization: str | None) -> Request:
 
 
 def test_the_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[Any, Any]] = []
-    real = http.hmac.compare_digest
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
 
-    def spy(a: Any, b: Any) -> bool:
+    def spy(a: bytes, b: bytes) -> bool:
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(http.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)
     assert http._authorize(_request("Bearer right"), "right") is None
     wrong = http._authorize(_request("Bearer righ"), "right")
     missing = http._authorize(_request(None), "right")

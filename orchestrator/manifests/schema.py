@@ -149,7 +149,8 @@ def _message(error: ValidationError) -> str:
     if rule == "minItems":
         return f"needs at least {rule_value} item{'s' if rule_value != 1 else ''}"
     if rule == "maxItems":
-        return f"has {len(value)} items; {schema.get('x-error', f'at most {rule_value} are allowed')}"
+        count = len(value) if isinstance(value, list) else "too many"
+        return f"has {count} items; {schema.get('x-error', f'at most {rule_value} are allowed')}"
     if rule == "uniqueItems":
         return "lists the same item more than once"
     if rule in ("minimum", "maximum"):

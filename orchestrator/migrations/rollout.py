@@ -5,9 +5,9 @@ Where AshPostgres migrates tenants one at a time and stops at the first failure,
 * finds which tenants are behind with a few bulk queries (``bulk``), so a no-op costs a handful of queries;
 * migrates the ``canary`` tenants first, one at a time; a canary failure stops the rollout before any other
   tenant starts;
-* fans the rest out over ``rollout.concurrency`` pooled connections, each tenant under its own advisory lock
-  with ``search_path`` set to it, retrying transient errors per tenant; a permanent error fails that tenant
-  only, and after ``maxFailures`` failures no new tenant is started;
+* fans the rest out over ``rollout.concurrency`` worker threads with a connection each, each tenant under its
+  own advisory lock with ``search_path`` set to it, retrying transient errors per tenant; a permanent error
+  fails that tenant only, and after ``maxFailures`` failures no new tenant is started;
 * records every tenant's outcome in ``orchestrator.rollout_tenants``, so ``status`` shows failures until they
   are fixed and ``--retry-failed`` retries just those. An interrupted rollout needs nothing special: the next
   run finds the tenants still behind.
@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as futures
-import logging
+import contextlib
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from orchestrator import db, logs, model, state, tenants
 from orchestrator.errors import BadInputError, OrchestratorError
@@ -191,36 +192,25 @@ class TenantRollout:
         concurrency = max(1, min(self.repo.rollout.concurrency, len(rest) or 1))
         limit = self.repo.rollout.max_failures
         results: dict[str, TenantResult] = {}
-        from psycopg_pool import ConnectionPool  # only when there is work: a no-op does not pay for it
-
         bar = _Progress(len(work), self.progress, self.repo.name)
-        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # lost connections are reported as retries
-        pool: ConnectionPool[Any] = ConnectionPool(
-            self.info,
-            min_size=1,
-            max_size=concurrency,
-            open=True,
-            kwargs={"autocommit": True, **db.CONNECT_OPTIONS},
-            configure=db.watch_client,
-            check=ConnectionPool.check_connection,  # one that died while idle is replaced, not handed out
-        )
+        connections = Connections(self.info)
         try:
-            for tenant in canaries:  # one at a time; any failure stops the rollout
-                result = self._tenant(pool, tenant, options)
-                self._done(control, rollout, result, results, bar)
-                if result.status == "failed":
-                    self.out(f"{self.repo.name}: canary {tenant} failed; no other tenant was started")
-                    rest = []
-                    break
-            queue = collections.deque(rest)
             with futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tenant") as executor_:
+                for tenant in canaries:  # one at a time; any failure stops the rollout
+                    result = executor_.submit(self._tenant, connections, tenant, options).result()
+                    self._done(control, rollout, result, results, bar)
+                    if result.status == "failed":
+                        self.out(f"{self.repo.name}: canary {tenant} failed; no other tenant was started")
+                        rest = []
+                        break
+                queue = collections.deque(rest)
                 running: dict[futures.Future[TenantResult], str] = {}
                 while queue or running:
                     failed = sum(r.status == "failed" for r in results.values())
                     stopping = self.stop is not None and self.stop.is_set()
                     while queue and not stopping and len(running) < concurrency and (limit is None or failed < limit):
                         tenant = queue.popleft()
-                        running[executor_.submit(self._tenant, pool, tenant, options)] = tenant
+                        running[executor_.submit(self._tenant, connections, tenant, options)] = tenant
                     if not running:
                         break
                     finished, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
@@ -235,7 +225,7 @@ class TenantRollout:
                     f"{len(queue)} not started"
                 )
         finally:
-            pool.close()
+            connections.close()
             bar.close()
         for tenant in work:
             results.setdefault(tenant, TenantResult(tenant, "skipped", error="not started: a canary failed"))
@@ -267,7 +257,7 @@ class TenantRollout:
             )
         )
 
-    def _tenant(self, pool: Any, tenant: str, options: Options) -> TenantResult:
+    def _tenant(self, connections: Connections, tenant: str, options: Options) -> TenantResult:
         """Migrate one tenant, retrying transient errors; never raises."""
         started = time.monotonic()
         attempts = 0
@@ -277,7 +267,7 @@ class TenantRollout:
         def attempt() -> None:
             nonlocal attempts
             attempts += 1
-            with pool.connection() as conn:
+            with connections.connection() as conn:
                 self._migrate_tenant(conn, tenant, options, done, in_flight)
 
         try:
@@ -367,6 +357,44 @@ class Control:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+class Connections:
+    """One connection per worker thread, opened on first use and opened again after it is lost.
+
+    psycopg_pool was used here first; under injected connection faults its background reconnection, with a
+    backoff of its own that doubles from one second, left workers waiting for a connection for tens of
+    seconds. Here a lost connection is simply dropped, and the tenant's retry policy alone decides when the
+    next attempt (on a new connection) happens.
+    """
+
+    def __init__(self, info: str) -> None:
+        self.info = info
+        self._local = threading.local()
+        self._opened: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = db.open_connection(self.info)
+            with self._lock:
+                self._opened.append(conn)
+            db.watch_client(conn)
+            self._local.conn = conn
+        try:
+            yield conn
+        except BaseException:
+            if conn.broken or conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.close()  # lost, or left in a state nobody should inherit: the next attempt opens a new one
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()
 
 
 class _Progress:
