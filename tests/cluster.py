@@ -53,9 +53,12 @@ class Cluster:
         options = f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c max_connections=200"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-o", options, "start")
 
-    def restart(self) -> None:
-        """``pg_ctl restart -m fast``: every session is terminated, the server is back when this returns."""
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-m", "fast", "restart")
+    def restart(self, mode: str = "fast") -> None:
+        """``pg_ctl restart``: every session is terminated, the server is back when this returns.
+
+        ``fast`` shuts down cleanly; ``immediate`` is a crash (no checkpoint), so the start runs WAL recovery.
+        """
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-m", mode, "restart")
 
     def destroy(self) -> None:
         if (self.data / "postmaster.pid").exists():

@@ -4,10 +4,10 @@ The manifests come in two generations (a second one adds a column, an index and 
 at no version, at the first, or at the second; a hand-written backfill migration can be added to make each
 tenant's rollout take a chosen time, which is what lets a test land a crash inside a rollout.
 
-``Project.check`` is the promise of the fault tests, read from the live database only: every tenant's applied
-versions are a prefix of the migration files, ``schema_migrations`` holds exactly one row per version, and
-every tenant schema (and ``public``) matches the model of the generation its versions say it is at, compared
-against ``pg_catalog`` by ``tests.catalog``. A half-applied migration fails it.
+``Project.check`` is the promise of the fault tests, read from the live database only, in one snapshot:
+every tenant's applied versions are a prefix of the migration files, ``schema_migrations`` holds exactly one
+row per version, and every tenant schema (and ``public``) matches the model of the generation its versions
+say it is at, compared against ``pg_catalog`` by ``tests.catalog``. A half-applied migration fails it.
 """
 
 from __future__ import annotations
@@ -188,7 +188,9 @@ class Project:
         """Fail unless every tenant is whole at the version it records; with ``finished``, at the latest."""
         versions = self.tenant_versions()
         at: dict[int, int] = {}
-        with psycopg.connect(self.url, autocommit=True) as conn:
+        with psycopg.connect(self.url) as conn:
+            # One snapshot for every read: a rollout may still be running (a PostgreSQL restart does not stop it)
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             assert _rows(conn, "public") == self.global_versions(), "public.schema_migrations"
             catalog.assert_matches(conn, self._tables(2, tenant=False), "public", only=False)
             states = bulk.states(conn, tenants)

@@ -38,10 +38,11 @@ class Scale:
     kills: int
     restarts: int
     fault_interval: float  # mean seconds between injected connection faults
+    fault_rounds: int  # rollouts through the fault proxy: the first migrates, each later one rolls back and migrates
 
 
 SOAK = os.environ.get("ORCHESTRATOR_SOAK") == "1"
-SCALE = Scale(tenants=200, kills=20, restarts=6, fault_interval=0.15) if SOAK else Scale(200, 4, 2, 0.3)
+SCALE = Scale(200, kills=20, restarts=6, fault_interval=0.15, fault_rounds=5) if SOAK else Scale(200, 4, 2, 0.3, 1)
 SEED = int(os.environ.get("ORCHESTRATOR_FAULT_SEED", "7"))
 KILL_WINDOW = (0.5, 1.8)
 """A kill lands this many seconds after the process starts (start-up included: that is a moment too)."""
@@ -74,26 +75,36 @@ def ready(root: Path, url: str, *, backfill_per_kill: int = 0) -> tuple[Project,
 
 
 def test_connection_faults_during_a_200_tenant_rollout(tmp_path: Path, database_url: str) -> None:
+    """Migrate every tenant through the fault proxy; in the soak, then roll back a step and migrate again,
+    several times, each under faults and each followed by the consistency check."""
     project, tenants = ready(tmp_path, database_url)
+    retries, rollouts = 0, []
     with FaultProxy(database_url, seed=SEED, mean_interval=SCALE.fault_interval, max_stall=1.0) as proxy:
-        proxy.armed.set()
-        result = project.cli("migrate", "--tenants", "--json", url=proxy.url())
-        proxy.armed.clear()
-    assert result.code == 0, result.err
-    report = json.loads(result.out)["repos"][0]["tenants"]
-    assert sorted(t["tenant"] for t in report if t["status"] == "migrated") == tenants
-    retries = sum(t["attempts"] - 1 for t in report)
+        for round_ in range(SCALE.fault_rounds):
+            steps = [("migrate", "--tenants")] if round_ == 0 else [("rollback", "--tenants"), ("migrate", "--tenants")]
+            for step in steps:
+                proxy.armed.set()
+                result = project.cli(*step, "--json", url=proxy.url())
+                proxy.armed.clear()
+                assert result.code == 0, result.err
+                report = json.loads(result.out)["repos"][0]["tenants"]
+                expected = "migrated" if step[0] == "migrate" else "rolled back"
+                assert sorted(t["tenant"] for t in report if t["status"] == expected) == tenants
+                retries += sum(t["attempts"] - 1 for t in report)
+                checked = project.check(tenants, finished=step[0] == "migrate")
+                rollouts.append(f"{step[0]}:{proxy.total}")
     assert proxy.total >= 5, "the proxy injected faults"
     assert retries >= 1, "some tenant needed a retry"
-    checked = project.check(tenants, finished=True)
     figures(
         "connection faults",
         tenants=checked.tenants,
+        rollouts=len(rollouts),
         faults=proxy.total,
         kinds=dict(proxy.faults),
+        faults_after_each=rollouts,
         connections=proxy.connections,
         tenant_retries=retries,
-        consistent=True,
+        consistent="after every rollout",
     )
 
 
@@ -155,10 +166,11 @@ def test_postgres_restarts_mid_rollout(tmp_path: Path, cluster: Cluster) -> None
     rng = random.Random(SEED + 2)
     runner = project.popen("migrate", "--tenants")
     progress = []
-    for _ in range(SCALE.restarts):
+    modes = ["fast", "immediate"] * SCALE.restarts
+    for mode in modes[: SCALE.restarts]:
         time.sleep(rng.uniform(*KILL_WINDOW))
         assert runner.poll() is None, "the restart lands inside the rollout"
-        cluster.restart()
+        cluster.restart(mode)  # immediate: a crash, then WAL recovery
         progress.append(project.check(tenants).finished)
     code = runner.wait(timeout=600)
     assert code == 0, runner.stderr.read() if runner.stderr else ""
