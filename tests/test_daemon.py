@@ -279,6 +279,15 @@ def test_sigterm_during_a_long_rollout_stops_cleanly_and_a_restart_finishes(tmp_
     assert set(tenant_rows(database_url, names).values()) == {1}
 
 
+def _outcomes(url: str) -> list[tuple[object, ...]]:
+    """Every recorded tenant outcome, for a failure message."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT rollout_id, tenant, status, attempts, applied, last_error FROM orchestrator.rollout_tenants "
+            "ORDER BY 1, 2"
+        ).fetchall()
+
+
 def test_two_daemons_on_one_database_migrate_each_tenant_once(tmp_path: Path, database_url: str) -> None:
     names = [f"t{i:02d}" for i in range(20)]
     manifests(tmp_path / "config")
@@ -299,7 +308,7 @@ def test_two_daemons_on_one_database_migrate_each_tenant_once(tmp_path: Path, da
             "SELECT count(*) FROM orchestrator.state_files WHERE path LIKE 'priv/app/tenant_migrations/%'"
         )
         assert files.fetchone() == (1,)
-    assert migrated == [(name, 1) for name in names]
+    assert migrated == [(name, 1) for name in names], _outcomes(database_url)
 
 
 def test_a_failing_tenant_is_retried_with_backoff(tmp_path: Path, database_url: str) -> None:
