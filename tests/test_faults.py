@@ -162,7 +162,7 @@ def cluster() -> Iterator[Cluster]:
 
 
 def test_postgres_restarts_mid_rollout(tmp_path: Path, cluster: Cluster) -> None:
-    project, tenants = ready(tmp_path, cluster.url("app"), backfill_per_kill=SCALE.restarts + 2)
+    project, tenants = ready(tmp_path, cluster.url("app"), backfill_per_kill=2 * SCALE.restarts + 2)
     rng = random.Random(SEED + 2)
     runner = project.popen("migrate", "--tenants")
     progress = []
