@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import Popen
 
 import psycopg
 import pytest
@@ -83,10 +84,26 @@ class Result:
     err: str
 
 
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without ORCHESTRATOR_* settings, plus ``env``: what a CLI subprocess sees."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")} | (env or {})
+
+
+def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, stdout: int = subprocess.PIPE) -> Popen[str]:
+    """Start ``python -m orchestrator`` in the background (for tests that kill or signal it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=cwd,
+        env=cli_env(env),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Result:
     """Run ``python -m orchestrator`` in a subprocess, as a user would; return exit code and output."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
-    full_env.update(env or {})
+    full_env = cli_env(env)
     proc = subprocess.run(
         [sys.executable, "-m", "orchestrator", *args],
         cwd=cwd,

@@ -13,10 +13,8 @@ say it is at, compared against ``pg_catalog`` by ``tests.catalog``. A half-appli
 from __future__ import annotations
 
 import datetime
-import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from psycopg import sql
 from orchestrator import config, model
 from orchestrator.migrations import bulk
 from tests import catalog
-from tests.conftest import Result, run_cli, write
+from tests.conftest import Result, run_cli, start_cli, write
 
 REPO = """apiVersion: orchestrator/v1
 kind: Repo
@@ -166,15 +164,7 @@ class Project:
         return run_cli(*args, cwd=self.root, env=self.env(url))
 
     def popen(self, *args: str, url: str | None = None) -> subprocess.Popen[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")} | self.env(url)
-        return subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", *args],
-            cwd=self.root,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        return start_cli(*args, cwd=self.root, env=self.env(url), stdout=subprocess.DEVNULL)
 
     # -- reading the outcome -------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import pytest
 from psycopg import sql
 
 from orchestrator import state_db
-from tests.conftest import Result, run_cli, with_dbname, write
+from tests.conftest import Result, run_cli, start_cli, with_dbname, write
 
 REPOS = """apiVersion: orchestrator/v1
 kind: Repo
@@ -52,15 +52,7 @@ class Env:
         return run_cli(*args, cwd=self.root, env=self.vars)
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")} | self.vars
-        return subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", *args],
-            cwd=self.root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        return start_cli(*args, cwd=self.root, env=self.vars)
 
     def migration(
         self, version: int, up: str, down: str = "", *, repo: str = "app", name: str = "m", transaction: bool = True

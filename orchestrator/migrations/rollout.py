@@ -379,8 +379,8 @@ class Connections:
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
             conn = db.open_connection(self.info)
-            with self._lock:
-                self._opened.append(conn)
+            with self._lock:  # the lost ones are closed already; keep only what close() still has to close
+                self._opened = [c for c in self._opened if not c.closed] + [conn]
             db.watch_client(conn)
             self._local.conn = conn
         try:
