@@ -246,8 +246,26 @@ def _runner(args: argparse.Namespace) -> Any:
 
     cfg = config.load(args.config)
     _select_repos(cfg, getattr(args, "repo", None))
-    out = (lambda _line: None) if args.json else print
-    return runner.Runner(cfg, args.root, out=out, state_kind=args.state)
+    return runner.Runner(cfg, args.root, sink=_sink(args), state_kind=args.state)
+
+
+def _sink(args: argparse.Namespace) -> Any:
+    """How a command shows the run's events: text lines for global targets on stdout; per tenant, the
+    progress bar on a terminal, else one structured log line per event on stderr; ``--json``: every event
+    as a JSON log line on stderr (stdout keeps the one JSON document)."""
+    from orchestrator import logs
+    from orchestrator.migrations import events
+
+    if args.json:
+        logs.configure(json=True)
+        return events.LogSink(logs.get("orchestrator"))
+    text = events.TextSink(print)
+    on_stdout = lambda event: event.target.tenant is None or isinstance(event, events.Planned)  # noqa: E731
+    if sys.stderr.isatty():
+        return lambda event: text(event) if on_stdout(event) else None
+    logs.configure()
+    log = events.LogSink(logs.get("rollout"))
+    return lambda event: text(event) if on_stdout(event) else log(event)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -283,11 +301,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return _tenant_rollout(args, "up")
     if args.retry_failed or args.only_tenants or args.except_tenants:
         raise BadInputError("--retry-failed, --only-tenants and --except-tenants go with --tenants")
-    run = _runner(args)
     report = []
-    for repo in run.repos(args.repo):
-        done = run.migrate(repo, to=args.to, step=args.step, strict=args.strict_version_order, dry_run=args.dry_run)
-        report.append({"repo": repo.name, "applied": [m.path.name for m in done], "dry_run": args.dry_run})
+    with _runner(args) as run:
+        for repo in run.repos(args.repo):
+            done = run.migrate(repo, to=args.to, step=args.step, strict=args.strict_version_order, dry_run=args.dry_run)
+            report.append({"repo": repo.name, "applied": [m.path.name for m in done], "dry_run": args.dry_run})
     if args.json:
         _print_json({"repos": report})
     return EXIT_OK
@@ -298,11 +316,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         return _tenant_rollout(args, "down")
     if args.only_tenants or args.except_tenants:
         raise BadInputError("--only-tenants and --except-tenants go with --tenants")
-    run = _runner(args)
     report = []
-    for repo in run.repos(args.repo):
-        done = run.rollback(repo, step=args.step, to=args.to, dry_run=args.dry_run)
-        report.append({"repo": repo.name, "rolled_back": [m.path.name for m in done], "dry_run": args.dry_run})
+    with _runner(args) as run:
+        for repo in run.repos(args.repo):
+            done = run.rollback(repo, step=args.step, to=args.to, dry_run=args.dry_run)
+            report.append({"repo": repo.name, "rolled_back": [m.path.name for m in done], "dry_run": args.dry_run})
     if args.json:
         _print_json({"repos": report})
     return EXIT_OK
@@ -310,10 +328,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def _tenant_rollout(args: argparse.Namespace, direction: str) -> int:
     from orchestrator.migrations import rollout
+    from orchestrator.migrations.loop import Action
 
-    run = _runner(args)
     options = rollout.Options(
-        direction=direction,
+        action=Action.MIGRATE if direction == "up" else Action.ROLLBACK,
         only=args.only_tenants,
         exclude=args.except_tenants,
         retry_failed=getattr(args, "retry_failed", False),
@@ -323,13 +341,14 @@ def _tenant_rollout(args: argparse.Namespace, direction: str) -> int:
         strict=getattr(args, "strict_version_order", False),
     )
     reports = []
-    for repo in run.repos(args.repo):
-        if repo.tenants is None:
-            if args.repo:
-                raise BadInputError(f"repo {repo.name!r} has no tenants source (spec.tenants)")
-            continue
-        results = run.tenant_rollout(repo, progress=sys.stderr.isatty() and not args.json).run(options)
-        reports.append((repo.name, results))
+    with _runner(args) as run:
+        for repo in run.repos(args.repo):
+            if repo.tenants is None:
+                if args.repo:
+                    raise BadInputError(f"repo {repo.name!r} has no tenants source (spec.tenants)")
+                continue
+            results = run.tenant_rollout(repo, progress=sys.stderr.isatty() and not args.json).run(options)
+            reports.append((repo.name, results))
     if args.json:
         _print_json({"repos": [{"repo": name, "tenants": [r.as_dict() for r in results]} for name, results in reports]})
     elif not args.dry_run:
@@ -360,8 +379,8 @@ def _print_rollout(repo: str, results: list[Any]) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     if args.tenants:
         return _tenant_status(args)
-    run = _runner(args)
-    statuses = [run.status(repo) for repo in run.repos(args.repo)]
+    with _runner(args) as run:
+        statuses = [run.status(repo) for repo in run.repos(args.repo)]
     if args.json:
         _print_json({"targets": [s.as_dict() for s in statuses]})
     else:
@@ -376,8 +395,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _tenant_status(args: argparse.Namespace) -> int:
-    run = _runner(args)
-    reports = [run.tenant_status(repo) for repo in run.repos(args.repo) if repo.tenants is not None]
+    with _runner(args) as run:
+        reports = [run.tenant_status(repo) for repo in run.repos(args.repo) if repo.tenants is not None]
     if args.json:
         _print_json({"repos": reports})
     else:
@@ -403,11 +422,11 @@ def _tenant_status(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    run = _runner(args)
-    if args.tenants:
-        fixed: list[Any] = [v for repo in run.repos(args.repo) if repo.tenants for v in run.repair_tenants(repo)]
-    else:
-        fixed = [v for repo in run.repos(args.repo) for v in run.repair(repo)]
+    with _runner(args) as run:
+        if args.tenants:
+            fixed: list[Any] = [v for repo in run.repos(args.repo) if repo.tenants for v in run.repair_tenants(repo)]
+        else:
+            fixed = [v for repo in run.repos(args.repo) for v in run.repair(repo)]
     if not fixed and not args.json:
         print("nothing to repair: every applied migration matches its file")
     if args.json:
@@ -421,17 +440,17 @@ def cmd_regen(args: argparse.Namespace) -> int:
     if args.state != "files":
         raise BadInputError("regen works on migration files in a git checkout; it has no meaning with --state database")
     regen.check_checkout(args.root)
-    run = _runner(args)
-    doomed = [path for repo in run.repos(None) for path in regen.roll_back_untracked(run, repo)]
-    for path in doomed:
-        path.unlink()
-        print(f"deleted {_shown(path, args.root)}")
-    result = generate.plan(run.cfg, run.store, name=args.name)
-    _print_plan(result, args.root, preview=False)
-    result.write(state.FileStore(args.root))  # regen works on files only
-    if args.migrate:
-        for repo in run.repos(None):
-            run.migrate(repo)
+    with _runner(args) as run:
+        doomed = [path for repo in run.repos(None) for path in regen.roll_back_untracked(run, repo)]
+        for path in doomed:
+            path.unlink()
+            print(f"deleted {_shown(path, args.root)}")
+        result = generate.plan(run.cfg, run.store, name=args.name)
+        _print_plan(result, args.root, preview=False)
+        result.write(state.FileStore(args.root))  # regen works on files only
+        if args.migrate:
+            for repo in run.repos(None):
+                run.migrate(repo)
     return EXIT_OK
 
 

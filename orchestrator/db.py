@@ -55,11 +55,14 @@ def resolve_url(repo: model.Repo, root: Path, environ: Mapping[str, str] | None 
 def conninfo(repo: model.Repo, root: Path) -> str:
     """Return what to connect to for ``repo``: its URL, or the embedded server's database named after it.
 
-    A URL libpq cannot parse is a located ConfigError that never quotes the URL (it may hold a password).
+    Resolving has no side effects on any database: it neither connects nor creates anything (for the embedded
+    default it starts the server, whose address is what it resolves to). Creating a database is ``create``'s
+    job, and ``ensure_embedded_database``'s for the embedded default. A URL libpq cannot parse is a located
+    ConfigError that never quotes the URL (it may hold a password).
     """
     url = resolve_url(repo, root)
     if url is None:
-        return embedded.database_url(root, repo.name)
+        return embedded.url(root, repo.name)
     try:
         conninfo_to_dict(url)
     except psycopg.ProgrammingError:
@@ -73,8 +76,15 @@ def conninfo(repo: model.Repo, root: Path) -> str:
     return url
 
 
+def ensure_embedded_database(repo: model.Repo, root: Path) -> None:
+    """For a repo on the embedded server (no URL): create its database there if missing. Nothing otherwise."""
+    if resolve_url(repo, root) is None:
+        embedded.ensure_database(root, repo.name)
+
+
 def connect(repo: model.Repo, root: Path, *, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
     """Open a connection to the repo's database; failures name the repo, never the password."""
+    ensure_embedded_database(repo, root)
     return connect_to(conninfo(repo, root), repo, autocommit=autocommit)
 
 
@@ -97,7 +107,7 @@ def create_database(repo: model.Repo, root: Path) -> bool:
     url = resolve_url(repo, root)
     if url is None:
         existed = _embedded_exists(root, repo.name)
-        embedded.database_url(root, repo.name)
+        embedded.ensure_database(root, repo.name)
         return not existed
     name = database_name(url)
     with connect_to(make_conninfo(url, dbname="postgres"), repo) as conn:
@@ -143,16 +153,34 @@ CONNECT_OPTIONS: dict[str, Any] = {
 """libpq options for every connection the orchestrator opens (single ones and the rollout's pool)."""
 
 
-def open_connection(info: str, *, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
+def open_connection(
+    info: str, *, autocommit: bool = True, application_name: str = "orchestrator"
+) -> psycopg.Connection[tuple[object, ...]]:
     """Connect, letting psycopg's errors through (for callers that retry transient ones)."""
-    return psycopg.connect(info, autocommit=autocommit, **CONNECT_OPTIONS)
+    options = CONNECT_OPTIONS | {"application_name": application_name}
+    return psycopg.connect(info, autocommit=autocommit, **options)
 
 
-def watch_client(conn: psycopg.Connection[Any]) -> None:
-    """Have the server notice within a second if this process dies mid-statement (PostgreSQL 14+), so a killed
-    runner's transaction is rolled back and its locks released promptly rather than when the statement ends."""
-    if conn.info.server_version >= 140000:
-        conn.execute("SET client_connection_check_interval = '1s'")
+IDLE_IN_TRANSACTION_TIMEOUT = "60s"
+IDLE_SESSION_TIMEOUT = "120s"
+"""How long the server keeps a session of ours that stopped talking: an orphan (its client gone without a word)
+never holds a tenant's locks longer than this. Our own sessions are never idle that long while they hold one."""
+
+
+def prepare_session(conn: psycopg.Connection[Any]) -> None:
+    """Settings for every session that does work (one round trip; PostgreSQL 14+ for the last two).
+
+    ``client_connection_check_interval``: the server notices within a second that this process died
+    mid-statement, so a killed runner's transaction is rolled back and its locks released promptly.
+    ``idle_in_transaction_session_timeout`` / ``idle_session_timeout``: an orphaned session ends by itself.
+    """
+    modern = conn.info.server_version >= 140000
+    conn.execute(
+        "SELECT set_config('idle_in_transaction_session_timeout', %s, false), "
+        "CASE WHEN %s THEN set_config('client_connection_check_interval', '1s', false) END, "
+        "CASE WHEN %s THEN set_config('idle_session_timeout', %s, false) END",
+        (IDLE_IN_TRANSACTION_TIMEOUT, modern, modern, IDLE_SESSION_TIMEOUT),
+    )
 
 
 def redact(url: str) -> str:

@@ -41,15 +41,24 @@ def server(root: Path) -> Any:
     return _servers[path]
 
 
-def database_url(root: Path, database: str) -> str:
-    """Return a connection URL for ``database`` on the embedded server, creating the database if missing."""
-    srv = server(root)
-    with psycopg.connect(srv.get_uri("postgres"), autocommit=True) as conn:
+def url(root: Path, database: str) -> str:
+    """Return a connection URL for ``database`` on the embedded server (started if needed; nothing created)."""
+    return str(server(root).get_uri(database))
+
+
+def ensure_database(root: Path, database: str) -> None:
+    """Create ``database`` on the embedded server if it is missing (the embedded default's databases)."""
+    with psycopg.connect(server(root).get_uri("postgres"), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
         if not exists:
             with contextlib.suppress(psycopg.errors.DuplicateDatabase):  # another process was first
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-    return str(srv.get_uri(database))
+
+
+def database_url(root: Path, database: str) -> str:
+    """``url``, with the database created first: what a command that is about to use it needs."""
+    ensure_database(root, database)
+    return url(root, database)
 
 
 def stop(root: Path) -> bool:

@@ -35,6 +35,35 @@ def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
     )
 
 
+def capture_stdlib(*, level: int = logging.WARNING) -> None:
+    """Route the standard library's logging (APScheduler, psycopg, psycopg_pool, uvicorn) through the same
+    renderer as our own events, so a daemon's log is one format from end to end: no plain-text lines."""
+    import structlog
+
+    use_json = not sys.stderr.isatty()
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_logger_name,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "apscheduler", "psycopg", "psycopg.pool"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+
+
 def get(name: str) -> Any:
     import structlog
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from orchestrator import model
 
@@ -59,10 +59,10 @@ class FileStore:
         return contextlib.nullcontext()
 
 
-def store(kind: str, repo: model.Repo, root: Path) -> Store:
-    """The store of ``kind`` for ``repo``."""
+def store(kind: str, repo: model.Repo, root: Path, *, control: Any = None) -> Store:
+    """The store of ``kind`` for ``repo``; ``control``: the control plane a database store reads through."""
     if kind == "database":
         from orchestrator import state_db  # psycopg only when the state is in the database
 
-        return state_db.DatabaseStore(repo, root)
+        return state_db.DatabaseStore(repo, root, control)
     return FileStore(root)

@@ -22,15 +22,28 @@ class DatabaseStore:
 
     kind = "database"
 
-    def __init__(self, repo: model.Repo, root: Path) -> None:
+    def __init__(self, repo: model.Repo, root: Path, control: Any = None) -> None:
+        """``control``: the runner's control plane (the daemon's pool) to read and write through; without
+        one, each call opens a connection of its own."""
         self.repo = repo
+        if control is None:
+            db.ensure_embedded_database(repo, root)
         self.info = db.conninfo(repo, root)
+        self.control = control
         self._conn: psycopg.Connection[Any] | None = None
+        self._ensured = False
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         if self._conn is not None:
             yield self._conn
+            return
+        if self.control is not None:
+            with self.control.connection() as conn:
+                if not self._ensured:
+                    _ensure(conn)
+                    self._ensured = True
+                yield conn
             return
         with db.connect_to(self.info, self.repo) as conn:
             _ensure(conn)
@@ -57,7 +70,8 @@ class DatabaseStore:
 
     @contextmanager
     def generating(self) -> Iterator[None]:
-        with db.connect_to(self.info, self.repo) as conn:
+        opened = self.control.connection() if self.control is not None else db.connect_to(self.info, self.repo)
+        with opened as conn:
             _ensure(conn)
             key = locking.key(db.database_name(self.info), "orchestrator:generate")
             with locking.advisory_lock(conn, key, self.repo.timeouts.lock_wait_ms, f"{self.repo.name} (generate)"):

@@ -248,7 +248,7 @@ def test_no_op_costs_the_same_few_queries_for_any_number_of_tenants(fleet: Fleet
         assert fleet.cli("migrate", "--tenants").code == 0
         cfg = config.load(fleet.root / "config", base=fleet.root)
         repo = cfg.repos[0]
-        run = runner.Runner(cfg, fleet.root, out=lambda _: None)
+        run = runner.Runner(cfg, fleet.root)
         queries: list[str] = []
         original = db.open_connection
         db.open_connection = _counting(original, queries)

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from orchestrator import config, tenants
 from orchestrator.daemon import http
 from orchestrator.migrations import rollout
+from orchestrator.migrations.loop import Action
 from orchestrator.migrations.runner import Runner
 from tests.conftest import run_cli, write
 from tests.test_daemon import Daemon, eventually
@@ -85,7 +86,7 @@ def test_quoting_alone_keeps_hostile_tenant_names_from_running_as_sql(
     monkeypatch.setenv("APP_URL", database_url)
     monkeypatch.setattr(tenants, "IDENTIFIER", re.compile(r".{1,63}", re.S))  # as if the name check had a hole
     cfg = config.load(tmp_path / "config", base=tmp_path)
-    runner = Runner(cfg, tmp_path, out=lambda _: None)
+    runner = Runner(cfg, tmp_path)
     repo = cfg.repos[0]
 
     results = runner.tenant_rollout(repo).run(rollout.Options())
@@ -96,7 +97,7 @@ def test_quoting_alone_keeps_hostile_tenant_names_from_running_as_sql(
     status = {row["tenant"]: row for row in runner.tenant_status(repo)["tenants"]}
     assert all(status[n]["pending"] == [] and len(status[n]["applied"]) == 1 for n in HOSTILE)
 
-    back = runner.tenant_rollout(repo).run(rollout.Options(direction="down"))
+    back = runner.tenant_rollout(repo).run(rollout.Options(action=Action.ROLLBACK))
     assert {r.status for r in back} == {"rolled back"}
     assert all(_tables_in(database_url, n) == {"schema_migrations"} for n in HOSTILE)
     assert "tripwire" in _tables_in(database_url, "public")

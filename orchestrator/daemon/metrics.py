@@ -15,6 +15,10 @@ TENANT_MIGRATIONS = Counter(
 )
 TENANTS_BEHIND = Gauge("orchestrator_tenants_failed", "Tenants whose last rollout failed, by repo.", ["repo"])
 LAST_SUCCESS = Gauge("orchestrator_last_successful_reconcile_timestamp_seconds", "When the last reconcile succeeded.")
+CONNECTIONS_ABANDONED = Counter(
+    "orchestrator_connections_abandoned_total", "Connections given up as silent (half-open) by the watchdog.", ["repo"]
+)
+RETRIES = Counter("orchestrator_retries_total", "Attempts retried after a transient error, by repo.", ["repo"])
 CONFIG_VALID = Gauge("orchestrator_config_valid", "1 when the manifests are valid, 0 when the last edit was not.")
 
 

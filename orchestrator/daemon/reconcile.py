@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import config, model, state
 from orchestrator.errors import ConfigError, OrchestratorError, Problem
 from orchestrator.generator import generate
 from orchestrator.manifests import loader
+
+if TYPE_CHECKING:
+    from orchestrator.migrations.events import Sink
+    from orchestrator.migrations.rollout import TenantResult
+    from orchestrator.migrations.sessions import Endpoints
 
 
 @dataclass
@@ -31,7 +36,7 @@ class Report:
     problems: list[Problem] = field(default_factory=list)
     generated: list[str] = field(default_factory=list)
     applied: dict[str, list[str]] = field(default_factory=dict)
-    tenants: dict[str, list[Any]] = field(default_factory=dict)
+    tenants: dict[str, list[TenantResult]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -87,14 +92,16 @@ def reconcile(
     *,
     state_kind: str = "files",
     generate_migrations: bool = True,
-    out: Callable[[str], None] = lambda _: None,
-    stop: Any = None,
+    sink: Sink | None = None,
+    stop: threading.Event | None = None,
+    endpoints: Endpoints | None = None,
 ) -> Report:
     """Validate, generate (unless told not to), migrate every repo, then every repo's tenants.
 
-    ``stop`` (a threading.Event): once set, no new tenant is started; the ones running finish.
+    ``sink`` hears the run's events; ``stop``: once set, no new tenant is started (the ones running finish);
+    ``endpoints``: the daemon's long-lived connections (pooled control planes), else the run opens its own.
     """
-    from orchestrator.migrations import rollout, runner  # the database side, only when reconciling
+    from orchestrator.migrations import events, rollout, runner  # the database side, only when reconciling
 
     report = Report(revision(config_dir))
     try:
@@ -108,12 +115,12 @@ def reconcile(
             report.generated = [m.path.as_posix() for m in plan.migrations]
         except OrchestratorError as exc:  # a refused destructive change: apply what exists, report it
             report.errors.append(f"generate: {exc}")
-    run = runner.Runner(cfg, root, out=out, state_kind=state_kind)
-    for repo in cfg.repos:
-        try:
-            report.applied[repo.name] = [m.path.name for m in run.migrate(repo)]
-            if repo.tenants is not None:
-                report.tenants[repo.name] = run.tenant_rollout(repo, stop=stop).run(rollout.Options())
-        except OrchestratorError as exc:
-            report.errors.append(f"{repo.name}: {exc}")
+    with runner.Runner(cfg, root, sink=sink or events.discard, state_kind=state_kind, endpoints=endpoints) as run:
+        for repo in cfg.repos:
+            try:
+                report.applied[repo.name] = [m.path.name for m in run.migrate(repo)]
+                if repo.tenants is not None:
+                    report.tenants[repo.name] = run.tenant_rollout(repo, stop=stop).run(rollout.Options())
+            except OrchestratorError as exc:
+                report.errors.append(f"{repo.name}: {exc}")
     return report

@@ -43,7 +43,9 @@ def token(token_file: Path | None) -> str | None:
 
 def serve(service: Service, *, interval_s: float, host: str, port: int, api_token: str | None) -> int:
     logs.configure()
+    logs.capture_stdlib()
     service.log = logs.get("daemon")
+    service.events.log = logs.get("run")
     scheduler = BackgroundScheduler()
     for job, name in ((service.reconcile_job, "reconcile"), (service.tenants_job, "tenants")):
         scheduler.add_job(
@@ -60,11 +62,17 @@ def serve(service: Service, *, interval_s: float, host: str, port: int, api_toke
     service.log.info("serve.start", listen=f"{host}:{port}", interval_s=interval_s, state=service.state_kind)
     try:
         config = uvicorn.Config(
-            http.app(service, api_token), host=host, port=port, log_level="warning", access_log=False
+            http.app(service, api_token),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            log_config=None,  # uvicorn's messages go through logs.capture_stdlib's JSON handler
         )
         _Server(config).run()
     finally:
         service.stopping.set()
         scheduler.shutdown(wait=True)
+        service.close()
         service.log.info("serve.stop")
     return 0

@@ -7,16 +7,53 @@ service: it keeps the last good configuration, reports the located errors and ap
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import config, db, model
 from orchestrator.daemon import metrics, reconcile
 from orchestrator.errors import ConfigError, OrchestratorError
+
+if TYPE_CHECKING:
+    from orchestrator.migrations import events
+    from orchestrator.migrations.rollout import TenantResult
+    from orchestrator.migrations.runner import Runner
+    from orchestrator.migrations.sessions import Endpoints
+
+RECENT_EVENTS = 50
+"""Warnings and errors of the runs (retries, abandoned connections, failures) kept for /status."""
+
+
+@dataclass
+class EventLog:
+    """The daemon's sink: every event logged through structlog; warnings and errors also kept for /status."""
+
+    log: Any = None
+    recent: collections.deque[dict[str, Any]] = field(default_factory=lambda: collections.deque(maxlen=RECENT_EVENTS))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, event: events.Event) -> None:
+        from orchestrator.migrations import events as ev
+
+        if self.log is not None:
+            ev.LogSink(self.log)(event)
+        if ev.level_of(event) >= ev.WARNING:
+            entry = {"at": time.time(), "event": ev.name_of(event), **event.context(), **event.fields()}
+            with self._lock:
+                self.recent.append(entry)
+        if isinstance(event, ev.Abandoned):
+            metrics.CONNECTIONS_ABANDONED.labels(repo=event.target.repo.name).inc()
+        elif isinstance(event, ev.Retrying):
+            metrics.RETRIES.labels(repo=event.target.repo.name).inc()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.recent)
 
 
 @dataclass
@@ -47,7 +84,28 @@ class Service:
     backoff: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     """(repo, tenant) -> (consecutive failures, when to try again): the retry of failed tenants."""
     stopping: threading.Event = field(default_factory=threading.Event)
+    events: EventLog = field(default_factory=EventLog)
+    _endpoints: Endpoints | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def endpoints(self) -> Endpoints:
+        """Connections that outlive passes: per repo a watched control-plane pool (psycopg_pool)."""
+        if self._endpoints is None:
+            from orchestrator.migrations.sessions import Endpoints
+
+            self._endpoints = Endpoints(self.root, pooled=True)
+        return self._endpoints
+
+    def runner(self) -> Runner:
+        from orchestrator.migrations import runner
+
+        cfg = self.cfg or model.Config((), ())
+        return runner.Runner(cfg, self.root, sink=self.events, state_kind=self.state_kind, endpoints=self.endpoints)
+
+    def close(self) -> None:
+        if self._endpoints is not None:
+            self._endpoints.close()
 
     # -- jobs ----------------------------------------------------------------------------------------------
 
@@ -65,7 +123,9 @@ class Service:
                 self.root,
                 state_kind=self.state_kind,
                 generate_migrations=self.generate,
+                sink=self.events,
                 stop=self.stopping,
+                endpoints=self.endpoints,
             )
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
             self._record(report)
@@ -80,9 +140,9 @@ class Service:
         if self.stopping.is_set() or self.cfg is None:
             return
         with self._lock:
-            from orchestrator.migrations import rollout, runner
+            from orchestrator.migrations import rollout
 
-            run = runner.Runner(self.cfg, self.root, out=lambda _: None, state_kind=self.state_kind)
+            run = self.runner()
             failed = False
             for repo in self.cfg.repos:
                 if repo.tenants is None:
@@ -91,7 +151,7 @@ class Service:
                 try:
                     results = run.tenant_rollout(repo, stop=self.stopping).run(rollout.Options(exclude=waiting))
                 except OrchestratorError as exc:
-                    self._event("tenants.error", repo=repo.name, error=db.redact(str(exc)))
+                    self._event("tenants.error", level="error", repo=repo.name, error=db.redact(str(exc)))
                     failed = True
                     continue
                 self._note_failures(repo, results)
@@ -108,7 +168,7 @@ class Service:
             tenant for (name, tenant), (_, retry_at) in self.backoff.items() if name == repo and retry_at > now
         )
 
-    def _note_failures(self, repo: model.Repo, results: list[Any]) -> None:
+    def _note_failures(self, repo: model.Repo, results: list[TenantResult]) -> None:
         """A tenant that fails again waits twice as long before the next try (from the repo's retry.initialDelay,
         up to 10 minutes); one that succeeds is forgotten."""
         for result in results:
@@ -127,20 +187,22 @@ class Service:
         return record
 
     def _run_rollout(self, record: Rollout) -> None:
-        from orchestrator.migrations import rollout, runner
+        from orchestrator.migrations import rollout
 
         record.status = "running"
         with self._lock:
             try:
                 if self.cfg is None:
                     raise OrchestratorError("no valid configuration loaded yet")
-                run = runner.Runner(self.cfg, self.root, out=lambda _: None, state_kind=self.state_kind)
+                run = self.runner()
                 for repo in run.repos(record.repo):
                     applied = run.migrate(repo, dry_run=record.dry_run)
                     entry: dict[str, Any] = {"applied": [m.path.name for m in applied]}
                     if repo.tenants is not None:
                         options = rollout.Options(only=record.tenants, dry_run=record.dry_run)
-                        entry["tenants"] = [r.as_dict() for r in run.tenant_rollout(repo).run(options)]
+                        entry["tenants"] = [
+                            r.as_dict() for r in run.tenant_rollout(repo, stop=self.stopping).run(options)
+                        ]
                     record.result[repo.name] = entry
                 failed = any(t["status"] == "failed" for e in record.result.values() for t in e.get("tenants", []))
                 record.status = "failed" if failed else "done"
@@ -164,22 +226,26 @@ class Service:
         self.ready = report.ok
         self._event(
             "reconcile.done",
+            level="info" if report.ok else "error",
             revision=report.revision,
             ok=report.ok,
-            problems=len(report.problems),
+            problems=[str(p) for p in report.problems],
             generated=report.generated,
             errors=[db.redact(e) for e in report.errors],
+            tenants_failed={
+                repo: [f"{r.tenant}: {r.error}" for r in results if r.status == "failed"]
+                for repo, results in report.tenants.items()
+                if any(r.status == "failed" for r in results)
+            },
         )
 
-    def _event(self, name: str, **fields: Any) -> None:
+    def _event(self, name: str, *, level: str = "info", **fields: Any) -> None:
         if self.log is not None:
-            self.log.info(name, **fields)
+            getattr(self.log, level)(name, **fields)
 
     def _repo_status(self, repo: model.Repo) -> dict[str, Any]:
         """The latest migration versions (what every target should be at) and the last tenant outcomes."""
-        from orchestrator.migrations import runner
-
-        run = runner.Runner(self.cfg or model.Config((), ()), self.root, out=lambda _: None, state_kind=self.state_kind)
+        run = self.runner()
         latest_global = [m.version for m in run.migrations(repo)]
         latest_tenant = [m.version for m in run.tenant_migrations(repo)]
         results = self.report.tenants.get(repo.name, []) if self.report else []
@@ -203,4 +269,5 @@ class Service:
             "repos": [self._repo_status(r) for r in (self.cfg.repos if self.cfg else ())],
             "last_reconcile": {k: v for k, v in report.as_dict().items() if k != "problems"} if report else None,
             "rollouts": [vars(r) for r in self.rollouts.values()],
+            "recent_events": self.events.snapshot(),
         }

@@ -15,25 +15,26 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from orchestrator import model
 from orchestrator.errors import OrchestratorError
-from orchestrator.migrations import files, recorder, retry
+from orchestrator.migrations import events, files, recorder, retry
+from orchestrator.migrations.target import Direction, Scope, Target
 
 _NO_TRANSACTION = re.compile(
     r"\bCONCURRENTLY\b|^(VACUUM|CREATE\s+DATABASE|DROP\s+DATABASE|ALTER\s+SYSTEM|CLUSTER\b)", re.I
 )
+_NAME = r'("(?:[^"]|"")+"|\w+)'
 _DROP_CONCURRENT = re.compile(
-    r'^\s*DROP\s+INDEX\s+CONCURRENTLY\s+(?:IF\s+EXISTS\s+)?(?:\w+\.)?("(?:[^"]|"")+"|\w+)', re.I
+    rf"^\s*DROP\s+INDEX\s+CONCURRENTLY\s+(?:IF\s+EXISTS\s+)?(?:{_NAME}\s*\.\s*)?{_NAME}", re.I
 )
 _CONCURRENT_INDEX = re.compile(
-    r'^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?("(?:[^"]|"")+"|(?!ON\b)\w+)\s+ON\b',
+    r"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    rf'("(?:[^"]|"")+"|(?!ON\b)\w+)\s+ON\s+(?:ONLY\s+)?(?:{_NAME}\s*\.\s*)?{_NAME}',
     re.I,
 )
 
@@ -44,40 +45,22 @@ _NO_REPLAY = frozenset({"57", "53", "54", "55", "58", "XX"})
 class MigrationFailed(OrchestratorError):
     """A statement failed with a permanent error; nothing of a transactional migration was kept."""
 
-    def __init__(self, message: str, sqlstate: str | None) -> None:
+    def __init__(self, message: str, sqlstate: str | None, path: Path | None = None, line: int | None = None) -> None:
         super().__init__(message)
-        self.sqlstate = sqlstate
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where migrations are applied: ``schema`` holds its ``schema_migrations``; ``tenant`` sets search_path."""
-
-    repo: model.Repo
-    database: str
-    schema: str
-    scope: str  # "global" or "tenant"
-
-    @property
-    def name(self) -> str:
-        return self.repo.name if self.scope == "global" else f"{self.repo.name}/{self.schema}"
-
-    @property
-    def tenant(self) -> bool:
-        return self.scope == "tenant"
+        self.sqlstate, self.path, self.line = sqlstate, path, line
 
 
 def apply(
     conn: psycopg.Connection[Any],
     target: Target,
     migration: files.MigrationFile,
-    direction: str,
+    direction: Direction,
     *,
-    log: Callable[[str], None] = lambda _: None,
+    sink: events.Sink = events.discard,
     store_text: bool = True,
 ) -> int:
     """Run ``migration`` ``up`` or ``down`` on ``target``; return its duration in milliseconds."""
-    section = migration.up if direction == "up" else migration.down
+    section = direction.section(migration)
     started = time.monotonic()
     if section.transaction:
         try:
@@ -86,7 +69,8 @@ def apply(
             if retry.is_transient(exc):
                 raise
             if (exc.sqlstate or "")[:2] in _NO_REPLAY:  # a timeout or resource error: replaying would repeat it
-                raise MigrationFailed(f"{migration.path}: {exc.sqlstate} {_first(exc)}", exc.sqlstate) from None
+                message = f"{migration.path}: {exc.sqlstate} {_first(exc)}"
+                raise MigrationFailed(message, exc.sqlstate, migration.path) from None
             # A pipeline reports an error without saying which statement failed: nothing was kept, so run the
             # migration again one statement at a time to name it (or, if the failure does not repeat, apply it).
             with conn.transaction():
@@ -95,7 +79,7 @@ def apply(
                     _execute(conn, migration, statement)
                 _finish(conn, target, migration, direction, _ms(started), store_text)
     else:
-        _non_transactional(conn, target, migration, direction, section, log)
+        _non_transactional(conn, target, migration, direction, section, sink)
         with conn.transaction():
             _finish(conn, target, migration, direction, _ms(started), store_text)
             recorder.clear_progress(conn, target.name, _progress_key(migration, direction))
@@ -106,7 +90,7 @@ def _pipelined(
     conn: psycopg.Connection[Any],
     target: Target,
     migration: files.MigrationFile,
-    direction: str,
+    direction: Direction,
     section: files.Section,
     store_text: bool,
     started: float,
@@ -123,9 +107,9 @@ def _non_transactional(
     conn: psycopg.Connection[Any],
     target: Target,
     migration: files.MigrationFile,
-    direction: str,
+    direction: Direction,
     section: files.Section,
-    log: Callable[[str], None],
+    sink: events.Sink,
 ) -> None:
     """Run a ``transaction:false`` section statement by statement, resumable.
 
@@ -141,10 +125,11 @@ def _non_transactional(
             f"{migration.path}: edited after {done} of its statements ran on {target.name}; restore the file, or "
             "run 'orchestrator repair' to forget the partial progress",
             None,
+            migration.path,
         )
     statements = section.located()
     if done:
-        log(f"{target.name}: resuming {migration.path.name} at statement {done + 1} of {len(statements)}")
+        sink(events.Resumed(target, migration, done + 1, len(statements)))
     for index, statement in enumerate(statements[done:], start=done):
         if _NO_TRANSACTION.search(_code(statement.sql)):
             if _prepare_concurrent(conn, statement.sql):
@@ -157,19 +142,19 @@ def _non_transactional(
     _reset(conn)
 
 
-def _progress_key(migration: files.MigrationFile, direction: str) -> int:
-    return migration.version if direction == "up" else -migration.version
+def _progress_key(migration: files.MigrationFile, direction: Direction) -> int:
+    return migration.version if direction is Direction.UP else -migration.version
 
 
 def _finish(
     conn: psycopg.Connection[Any],
     target: Target,
     migration: files.MigrationFile,
-    direction: str,
+    direction: Direction,
     duration_ms: int | None,
     store_text: bool,
 ) -> None:
-    if direction == "up":
+    if direction is Direction.UP:
         recorder.record(
             conn,
             target.schema,
@@ -181,7 +166,7 @@ def _finish(
         if store_text:  # a tenant rollout stores each text once, not once per tenant
             recorder.store_text(
                 conn,
-                target.scope,
+                target.scope.value,
                 version=migration.version,
                 name=migration.name,
                 checksum=migration.checksum,
@@ -194,7 +179,11 @@ def _finish(
 def _settings(conn: psycopg.Connection[Any], target: Target, *, local: bool) -> None:
     """lock_timeout, statement_timeout and, for a tenant, search_path, in one round trip."""
     timeouts = target.repo.timeouts
-    path = sql.SQL("{}, public").format(sql.Identifier(target.schema)).as_string(None) if target.tenant else None
+    path = (
+        sql.SQL("{}, public").format(sql.Identifier(target.schema)).as_string(None)
+        if target.scope is Scope.TENANT
+        else None
+    )
     conn.execute(
         "SELECT set_config('lock_timeout', %(lock)s, %(local)s), "
         "set_config('statement_timeout', %(statement)s, %(local)s), "
@@ -222,7 +211,10 @@ def _execute(conn: psycopg.Connection[Any], migration: files.MigrationFile, stat
         shown = " ".join(statement.sql.split())
         shown = shown if len(shown) <= 300 else shown[:297] + "..."
         raise MigrationFailed(
-            f"{migration.path}:{statement.line}: {exc.sqlstate or 'error'} {first}\n  statement: {shown}", exc.sqlstate
+            f"{migration.path}:{statement.line}: {exc.sqlstate or 'error'} {first}\n  statement: {shown}",
+            exc.sqlstate,
+            migration.path,
+            statement.line,
         ) from None
 
 
@@ -234,28 +226,43 @@ def _code(statement: str) -> str:
 def _prepare_concurrent(conn: psycopg.Connection[Any], statement: str) -> bool:
     """Make a CONCURRENTLY index statement re-runnable; return whether it still has to run.
 
-    CREATE: a valid index of that name in the current schema means a previous attempt finished (skip); an
-    INVALID one is what a failed attempt leaves behind (drop it, then run). DROP: no index left means done.
+    CREATE: a valid index of that name next to its table (in the table's schema, however the table is named)
+    means a previous attempt finished (skip); an INVALID one is what a failed attempt leaves behind (drop it,
+    then run). DROP: no index left means done.
     """
     code = _code(statement)
     create, drop = _CONCURRENT_INDEX.match(code), _DROP_CONCURRENT.match(code)
-    match = create or drop
-    if not match:
-        return True  # an unnamed index, or another statement: nothing to check
-    raw = match.group(1)
-    name = raw[1:-1].replace('""', '"') if raw.startswith('"') else raw.lower()
-    row = conn.execute(
-        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "WHERE c.relname = %s AND c.relnamespace = current_schema()::regnamespace",
-        (name,),
-    ).fetchone()
     if drop:
-        return row is not None
-    if row and row[0]:
+        return bool(_scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", (_qualified(drop.group(1), drop.group(2)),)))
+    if not create:
+        return True  # an unnamed index, or another statement: nothing to check
+    row = conn.execute(
+        "SELECT n.nspname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relname = %s AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass(%s))",
+        (_unquote(create.group(1)), _qualified(create.group(2), create.group(3))),
+    ).fetchone()
+    if row and row[1]:
         return False
     if row:
-        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(row[0], _unquote(create.group(1))))
+        )
     return True
+
+
+def _unquote(raw: str) -> str:
+    return raw[1:-1].replace('""', '"') if raw.startswith('"') else raw.lower()
+
+
+def _qualified(schema: str | None, name: str) -> str:
+    """The name as written (quotes kept), for ``to_regclass`` to resolve like the statement would."""
+    return f"{schema}.{name}" if schema else name
+
+
+def _scalar(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...]) -> Any:
+    row = conn.execute(query, params).fetchone()
+    return row[0] if row else None
 
 
 def _first(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,15 +32,30 @@ def key(database: str, schema: str) -> int:
 
 
 @contextmanager
-def advisory_lock(conn: psycopg.Connection[Any], lock_key: int, wait_ms: int, what: str) -> Iterator[None]:
-    """Hold the session advisory lock ``lock_key`` on ``conn`` for the duration of the block."""
-    deadline = time.monotonic() + wait_ms / 1000
+def advisory_lock(
+    conn: psycopg.Connection[Any],
+    lock_key: int,
+    wait_ms: int,
+    what: str,
+    *,
+    on_wait: Callable[[int], None] | None = None,
+) -> Iterator[None]:
+    """Hold the session advisory lock ``lock_key`` on ``conn`` for the duration of the block.
+
+    ``on_wait`` hears how many milliseconds it waited, when another runner held the lock first.
+    """
+    started = time.monotonic()
+    deadline = started + wait_ms / 1000
     delay = 0.02
+    waited = False
     while not _try(conn, lock_key):
+        waited = True
         if time.monotonic() >= deadline:
             raise LockNotAcquired(f"{what}: another runner holds the lock; gave up after lockWait {wait_ms} ms")
         time.sleep(min(delay * random.uniform(0.5, 1.5), max(deadline - time.monotonic(), 0)))
         delay = min(delay * 2, 1.0)
+    if waited and on_wait is not None:
+        on_wait(int((time.monotonic() - started) * 1000))
     try:
         yield
     finally:

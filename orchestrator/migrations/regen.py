@@ -73,8 +73,9 @@ def roll_back_untracked(run: runner.Runner, repo: model.Repo) -> list[Path]:
         )
     if tenant_new and repo.tenants is not None:
         from orchestrator.migrations import rollout
+        from orchestrator.migrations.loop import Action
 
-        results = run.tenant_rollout(repo).run(rollout.Options(direction="down", to=min(tenant_new) - 1))
+        results = run.tenant_rollout(repo).run(rollout.Options(action=Action.ROLLBACK, to=min(tenant_new) - 1))
         failed = [r.tenant for r in results if r.status == "failed"]
         if failed:
             raise BadInputError(f"{repo.name}: rolling back untracked tenant migrations failed in {', '.join(failed)}")

@@ -1,26 +1,26 @@
-"""Run migrations for repos: migrate, rollback, status, repair, each over one target per repo.
+"""Run migrations for repos: migrate, rollback, repair and status, global or per tenant.
 
-A *session* is one connection holding the target's advisory lock, with the bookkeeping ensured; the work runs
-inside it. A transient error anywhere in a session (connection lost, lock_timeout, deadlock, ...) ends it and
-the whole session is retried with backoff: what was committed stays, the plan is recomputed, a
-``transaction:false`` migration resumes at its recorded statement. Permanent errors end the run at once.
+The ``Runner`` chooses the targets and what they are made from (the repo's migration files, the stored texts a
+rollback needs); every target then goes through the one run loop (``loop.run``): lock, bookkeeping, plan under
+the lock, apply, record, retry. The tenant fan-out (``rollout``) calls the same loop once per tenant. Nothing
+here prints: what happens is reported as events to ``sink`` (the CLI renders them, the daemon logs them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any
 
-import psycopg
-
-from orchestrator import db, model, state
-from orchestrator.errors import DatabaseError
-from orchestrator.migrations import executor, files, locking, planner, recorder, retry
-
-T = TypeVar("T")
-Out = Callable[[str], None]
+from orchestrator import model, state, tenants
+from orchestrator.migrations import bulk, events, files, loop, planner, recorder
+from orchestrator.migrations.loop import Action
+from orchestrator.migrations.rollout import Options, TenantRollout
+from orchestrator.migrations.sessions import Conn, Endpoint, Endpoints
+from orchestrator.migrations.target import Scope, Target
 
 
 @dataclass
@@ -43,26 +43,56 @@ class Status:
 class Runner:
     cfg: model.Config
     root: Path
-    out: Out = print
+    sink: events.Sink = events.discard
     state_kind: str = "files"
+    endpoints: Endpoints | None = None
+    """Shared endpoints (the daemon's, with pooled control planes); by default the runner opens its own."""
+    _own: Endpoints | None = None
     _stores: dict[str, state.Store] = field(default_factory=dict)
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close what this runner opened (not shared endpoints)."""
+        if self._own is not None:
+            self._own.close()
+            self._own = None
 
     def repos(self, name: str | None) -> tuple[model.Repo, ...]:
         return self.cfg.repos if name is None else tuple(r for r in self.cfg.repos if r.name == name)
 
+    def endpoint(self, repo: model.Repo) -> Endpoint:
+        if self.endpoints is not None:
+            return self.endpoints.get(repo)
+        if self._own is None:
+            self._own = Endpoints(self.root)
+        return self._own.get(repo)
+
     def store(self, repo: model.Repo) -> state.Store:
         """Where the repo's migrations (and the generator's snapshots) are kept: files or the database."""
         if repo.name not in self._stores:
-            self._stores[repo.name] = state.store(self.state_kind, repo, self.root)
+            control = self.endpoint(repo).control if self.state_kind == "database" else None
+            self._stores[repo.name] = state.store(self.state_kind, repo, self.root, control=control)
         return self._stores[repo.name]
 
     def migrations(self, repo: model.Repo) -> list[files.MigrationFile]:
         """The repo's global migrations (the files directly in migrationsPath), by version."""
-        directory = repo.migrations_path.rstrip("/")
+        return self._collection(repo, repo.migrations_path)
+
+    def tenant_migrations(self, repo: model.Repo) -> list[files.MigrationFile]:
+        """The repo's tenant migrations (the files directly in tenantMigrationsPath), by version."""
+        return self._collection(repo, repo.tenant_migrations_path)
+
+    def _collection(self, repo: model.Repo, path: str) -> list[files.MigrationFile]:
+        directory = path.rstrip("/")
         stored = self.store(repo).read(directory)
         return files.collection({p: t for p, t in stored.items() if p.rpartition("/")[0] == directory})
 
-    # -- commands ------------------------------------------------------------------------------------------
+    # -- global targets ------------------------------------------------------------------------------------
 
     def migrate(
         self,
@@ -73,137 +103,79 @@ class Runner:
         strict: bool = False,
         dry_run: bool = False,
     ) -> list[files.MigrationFile]:
-        def plan(conn: psycopg.Connection[Any], target: executor.Target) -> list[files.MigrationFile]:
-            applied = recorder.applied(conn, target.schema)
-            return planner.pending(self.migrations(repo), applied, to=to, step=step, strict=strict)
-
-        return self._run(repo, "up", plan, dry_run)
+        request = loop.Request(Action.MIGRATE, to=to, step=step, strict=strict, dry_run=dry_run)
+        return self._run(repo, request).done
 
     def rollback(
         self, repo: model.Repo, *, step: int | None = None, to: int | None = None, dry_run: bool = False
     ) -> list[files.MigrationFile]:
-        def plan(conn: psycopg.Connection[Any], target: executor.Target) -> list[files.MigrationFile]:
-            stored = recorder.stored_texts(conn, target.scope)
-            applied = recorder.applied(conn, target.schema)
-            return planner.rollback(self.migrations(repo), applied, stored, step=step, to=to)
+        return self._run(repo, loop.Request(Action.ROLLBACK, to=to, step=step, dry_run=dry_run)).done
 
-        return self._run(repo, "down", plan, dry_run)
+    def repair(self, repo: model.Repo) -> list[int]:
+        """Record the current checksum (and text) of applied migrations whose files were edited on purpose."""
+        return [m.version for m in self._run(repo, loop.Request(Action.REPAIR)).done]
 
-    def _run(
-        self,
-        repo: model.Repo,
-        direction: str,
-        plan: Callable[[psycopg.Connection[Any], executor.Target], list[files.MigrationFile]],
-        dry_run: bool,
-    ) -> list[files.MigrationFile]:
-        """Plan under the lock, then apply each migration in ``direction`` (or only print them)."""
-        verb = "applied" if direction == "up" else "rolled back"
+    def _target(self, repo: model.Repo) -> Target:
+        return Target(repo, self.endpoint(repo).database, "public", Scope.GLOBAL)
 
-        def work(conn: psycopg.Connection[Any], target: executor.Target) -> list[files.MigrationFile]:
-            todo = plan(conn, target)
-            if dry_run:
-                self._show(target, todo, direction)
-                return todo
-            for migration in todo:
-                ms = executor.apply(conn, target, migration, direction, log=self.out)
-                self.out(f"{target.name}: {verb} {migration.path.name} ({ms} ms)")
-            return todo
-
-        done = self._session(repo, work, write=not dry_run)
-        if not done and not dry_run:
-            self.out(f"{repo.name}: {'up to date' if direction == 'up' else 'nothing to roll back'}")
-        return done
+    def _run(self, repo: model.Repo, request: loop.Request) -> loop.Outcome:
+        endpoint = self.endpoint(repo)
+        stored: dict[int, tuple[str, str]] = {}
+        if request.action is Action.ROLLBACK:
+            stored = endpoint.control.run(lambda conn: recorder.stored_texts(conn, Scope.GLOBAL.value))
+        workers = endpoint.workers()
+        try:
+            return loop.run(self._target(repo), request, loop.Source(self.migrations(repo), stored), workers, self.sink)
+        finally:
+            workers.close()
 
     def status(self, repo: model.Repo) -> Status:
         migrations = self.migrations(repo)
+        target = self._target(repo)
 
-        def work(conn: psycopg.Connection[Any], target: executor.Target) -> Status:
+        def read(conn: Conn) -> Status:
             applied = recorder.applied(conn, target.schema)
             changed = {e.migration.version for e in planner.edited(migrations, applied)}
             on_disk = {m.version: m for m in migrations}
             status = Status(target.name)
             for version, row in sorted(applied.items()):
-                state = "edited" if version in changed else ("applied" if version in on_disk else "file missing")
-                status.applied.append(
-                    (version, row.name or (on_disk[version].name if version in on_disk else ""), state)
-                )
+                state_ = "edited" if version in changed else ("applied" if version in on_disk else "file missing")
+                name = row.name or (on_disk[version].name if version in on_disk else "")
+                status.applied.append((version, name, state_))
             status.pending = [(m.version, m.name) for m in migrations if m.version not in applied]
             return status
 
-        return self._session(repo, work, write=False)
-
-    def repair(self, repo: model.Repo) -> list[int]:
-        """Record the current checksum (and text) of applied migrations whose files were edited on purpose."""
-        migrations = self.migrations(repo)
-
-        def work(conn: psycopg.Connection[Any], target: executor.Target) -> list[int]:
-            fixed = []
-            for item in planner.edited(migrations, recorder.applied(conn, target.schema)):
-                m = item.migration
-                with conn.transaction():
-                    recorder.set_checksum(conn, target.schema, m.version, m.checksum)
-                    recorder.store_text(
-                        conn, target.scope, version=m.version, name=m.name, checksum=m.checksum, body=m.text
-                    )
-                self.out(f"{target.name}: recorded the new checksum of {m.path.name}")
-                fixed.append(m.version)
-            for m in migrations:
-                if recorder.forget_stale_progress(conn, target.name, m.version, m.checksum):
-                    self.out(f"{target.name}: forgot the partial progress of an older text of {m.path.name}")
-                    fixed.append(m.version)
-            return fixed
-
-        return self._session(repo, work, write=True)
-
-    def repair_tenants(self, repo: model.Repo) -> list[str]:
-        """``repair`` for every tenant: new checksums of edited tenant migrations, stale partial progress."""
-        from orchestrator import tenants
-        from orchestrator.migrations import bulk
-
-        migrations = self.tenant_migrations(repo)
-        fixed = []
-        with db.connect_to(db.conninfo(repo, self.root), repo) as conn:
-            names = tenants.list_tenants(repo, conn).tenants
-            for name, found in bulk.states(conn, names).items():
-                target = f"{repo.name}/{name}"
-                for item in planner.edited(migrations, found.applied):
-                    m = item.migration
-                    with conn.transaction():
-                        recorder.set_checksum(conn, name, m.version, m.checksum)
-                        recorder.store_text(
-                            conn, "tenant", version=m.version, name=m.name, checksum=m.checksum, body=m.text
-                        )
-                    self.out(f"{target}: recorded the new checksum of {m.path.name}")
-                    fixed.append(f"{name}:{m.version}")
-                for m in migrations:
-                    if recorder.forget_stale_progress(conn, target, m.version, m.checksum):
-                        self.out(f"{target}: forgot the partial progress of an older text of {m.path.name}")
-                        fixed.append(f"{name}:{m.version}")
-        return fixed
-
-    def tenant_migrations(self, repo: model.Repo) -> list[files.MigrationFile]:
-        """The repo's tenant migrations (the files directly in tenantMigrationsPath), by version."""
-        directory = repo.tenant_migrations_path.rstrip("/")
-        stored = self.store(repo).read(directory)
-        return files.collection({p: t for p, t in stored.items() if p.rpartition("/")[0] == directory})
+        return self.endpoint(repo).control.run(read)
 
     # -- tenants -------------------------------------------------------------------------------------------
 
-    def tenant_rollout(self, repo: model.Repo, *, progress: bool = False, stop: Any = None) -> Any:
-        from orchestrator.migrations import rollout
+    def tenant_rollout(
+        self, repo: model.Repo, *, progress: bool = False, stop: threading.Event | None = None
+    ) -> TenantRollout:
+        return TenantRollout(self.endpoint(repo), self.store(repo), self.sink, progress, stop)
 
-        return rollout.TenantRollout(repo, db.conninfo(repo, self.root), self.store(repo), self.out, progress, stop)
+    def repair_tenants(self, repo: model.Repo) -> list[str]:
+        """``repair`` in every tenant (each under its lock, retried): new checksums, stale partial progress."""
+        results = self.tenant_rollout(repo).run(Options(action=Action.REPAIR))
+        failed = [r for r in results if r.status == "failed"]
+        if failed:
+            raise loop.TargetFailed(
+                f"{repo.name}: repair failed in {len(failed)} tenant(s): "
+                + "; ".join(f"{r.tenant}: {r.error}" for r in failed[:5]),
+                error=str(failed[0].error),
+                attempts=failed[0].attempts,
+            )
+        return [f"{r.tenant}:{name.partition('_')[0]}" for r in results for name in r.applied]
 
     def tenant_status(self, repo: model.Repo) -> dict[str, Any]:
         """Per tenant: applied, pending, and the outcome of its last rollout (bulk queries)."""
-        from orchestrator import tenants
-        from orchestrator.migrations import bulk
-
         migrations = self.tenant_migrations(repo)
-        with db.connect_to(db.conninfo(repo, self.root), repo) as conn:
+
+        def read(conn: Conn) -> tuple[Sequence[str], dict[str, bulk.TenantState], dict[str, tuple[str, str | None]]]:
             names = tenants.list_tenants(repo, conn).tenants
-            states = bulk.states(conn, names)
-            outcomes = recorder.last_outcomes(conn)
+            return names, bulk.states(conn, names), recorder.last_outcomes(conn)
+
+        names, states, outcomes = self.endpoint(repo).control.run(read)
         rows = []
         for name in names:
             applied = states[name].applied
@@ -224,46 +196,3 @@ class Runner:
                 }
             )
         return {"repo": repo.name, "tenants": rows}
-
-    # -- sessions ------------------------------------------------------------------------------------------
-
-    def _session(
-        self, repo: model.Repo, work: Callable[[psycopg.Connection[Any], executor.Target], T], *, write: bool
-    ) -> T:
-        """Run ``work`` on the repo's database; under the target's lock when it writes; retried when transient."""
-        info = db.conninfo(repo, self.root)
-        target = executor.Target(repo, db.database_name(info), "public", "global")
-
-        def attempt() -> T:
-            with db.open_connection(info) as conn:
-                db.watch_client(conn)
-                if not write:
-                    return work(conn, target)
-                lock = locking.key(target.database, target.schema)
-                with locking.advisory_lock(conn, lock, repo.timeouts.lock_wait_ms, target.name):
-                    recorder.ensure(conn, target.schema, lock_timeout_ms=repo.timeouts.lock_timeout_ms)
-                    return work(conn, target)
-
-        def on_retry(attempt_number: int, exc: BaseException) -> None:
-            self.out(f"{target.name}: attempt {attempt_number} failed ({_describe(exc)}); retrying")
-
-        try:
-            return retry.run(repo.retry, attempt, on_retry=on_retry)
-        except psycopg.Error as exc:
-            raise DatabaseError(
-                f"{target.name}: gave up after {repo.retry.attempts} attempts: {db.redact(_describe(exc))}"
-            ) from None
-
-    def _show(self, target: executor.Target, todo: list[files.MigrationFile], direction: str) -> None:
-        for migration in todo:
-            section = migration.up if direction == "up" else migration.down
-            mode = "" if section.transaction else ", outside a transaction"
-            self.out(f"-- {target.name}: {migration.path.name} ({direction}{mode})")
-            for statement in section.statements:
-                self.out(f"{statement};")
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    state = getattr(exc, "sqlstate", None)
-    return f"{state} {text}" if state else text

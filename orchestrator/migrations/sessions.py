@@ -1,0 +1,265 @@
+"""How the runner talks to a repo's database: one ``Endpoint`` per repo, with three kinds of connection.
+
+* **Workers** (``Dedicated``): one connection per worker thread, opened on first use and dropped when lost, so
+  the retry policy alone decides when the next attempt (on a new connection) happens. psycopg_pool was tried
+  here first: under injected faults its background reconnection, with a backoff of its own that doubles from
+  one second, left workers waiting for tens of seconds (README: extensions).
+* **The control plane** (``ControlPlane``): tenant discovery, bulk state, outcome records, status, the state
+  store. Calls are short and repeatable, so a transient error re-runs the call on a new connection under the
+  repo's retry policy. The CLI uses one connection (``SingleControl``); the daemon keeps a
+  ``psycopg_pool.ConnectionPool`` per repo (``PooledControl``), checked on checkout and recycled.
+* **The watchdog** (``orchestrator.watchdog``) watches every connection while it is in use, so a connection
+  that went silent is abandoned instead of hanging the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import psycopg
+from psycopg.pq import TransactionStatus
+
+from orchestrator import db, model
+from orchestrator.migrations import retry
+from orchestrator.watchdog import Watchdog, Watched
+
+T = TypeVar("T")
+Conn = psycopg.Connection[Any]
+
+MARGIN_S = 30.0
+"""How much longer than the repo's timeouts a statement may go unanswered before it is abandoned on time alone
+(only when the server itself cannot be asked, see ``watchdog``)."""
+
+
+def statement_limit(repo: model.Repo) -> float | None:
+    """Seconds a statement may stay unanswered when the server cannot be asked; None when unbounded."""
+    timeouts = repo.timeouts
+    if not timeouts.statement_timeout_ms:
+        return None
+    return (timeouts.statement_timeout_ms + timeouts.lock_wait_ms) / 1000 + MARGIN_S
+
+
+class ControlPlane(Protocol):
+    def run(self, call: Callable[[Conn], T]) -> T:
+        """Run a repeatable ``call`` on a control connection, retried on a new one after a transient error."""
+        ...
+
+    def connection(self) -> contextlib.AbstractContextManager[Conn]:
+        """A control connection for a block (not retried: for callers that hold a lock across calls)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class SingleControl:
+    """One control connection, opened again when it is lost (the CLI's control plane)."""
+
+    info: str
+    policy: model.Retry
+    watchdog: Watchdog
+    limit: float | None = None
+    _conn: Conn | None = None
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def run(self, call: Callable[[Conn], T]) -> T:
+        def attempt() -> T:
+            with self.connection() as conn:
+                return call(conn)
+
+        return retry.run(self.policy, attempt)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Conn]:
+        with self._lock:
+            conn = self._open()
+            try:
+                with self.watchdog.watching(conn, limit=self.limit):
+                    yield conn
+            except BaseException:
+                if _unusable(conn):
+                    self.close()
+                raise
+
+    def _open(self) -> Conn:
+        if self._conn is None or self._conn.closed:
+            self._conn = db.open_connection(self.info)
+            _prepare_control(self._conn)
+        return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            self.watchdog.forget(conn)
+            conn.close()
+
+
+@dataclass
+class PooledControl:
+    """The daemon's control plane: a psycopg_pool.ConnectionPool per repo, every checkout watched."""
+
+    info: str
+    policy: model.Retry
+    watchdog: Watchdog
+    limit: float | None = None
+    pool: Any = None
+
+    def __post_init__(self) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self.pool = ConnectionPool(
+            self.info,
+            kwargs=db.CONNECT_OPTIONS | {"autocommit": True},
+            configure=_prepare_control,
+            check=self._check,
+            min_size=1,
+            max_size=4,
+            max_idle=60,  # below the server's idle_session_timeout for our sessions
+            max_lifetime=30 * 60,
+            reconnect_timeout=0,  # the caller's retry policy decides; a failing pool does not give up for good
+            open=False,
+            name="control",
+        )
+        self.pool.open(wait=False)
+
+    def _check(self, conn: Conn) -> None:
+        """``ConnectionPool.check_connection``, watched: a half-open idle connection cannot hang the checkout."""
+        from psycopg_pool import ConnectionPool
+
+        with self.watchdog.watching(conn, limit=self.limit):
+            ConnectionPool.check_connection(conn)
+
+    def run(self, call: Callable[[Conn], T]) -> T:
+        def attempt() -> T:
+            with self.connection() as conn:
+                return call(conn)
+
+        return retry.run(self.policy, attempt)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Conn]:
+        with self.pool.connection(timeout=30) as conn, self.watchdog.watching(conn, limit=self.limit):
+            yield conn
+
+    def close(self) -> None:
+        self.pool.close(timeout=5)
+
+
+def _prepare_control(conn: Conn) -> None:
+    db.prepare_session(conn)
+    conn.execute("SET synchronous_commit TO off")  # outcome records: cheap commits
+
+
+def _unusable(conn: Conn) -> bool:
+    """Lost, or left in a state nobody should inherit (an open or failed transaction)."""
+    return conn.closed or conn.broken or conn.info.transaction_status != TransactionStatus.IDLE
+
+
+@dataclass
+class Dedicated:
+    """One connection per worker thread, watched while in use; dropped when lost or left mid-transaction."""
+
+    info: str
+    watchdog: Watchdog
+    limit: float | None = None
+    _local: threading.local = field(default_factory=threading.local)
+    _opened: list[Conn] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[tuple[Conn, Watched]]:
+        """The calling thread's connection and its watchdog entry (set ``on_abandon`` to hear of a cut)."""
+        conn: Conn | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = db.open_connection(self.info)
+            with self._lock:  # the lost ones are closed already; keep only what close() still has to close
+                self._opened = [c for c in self._opened if not c.closed] + [conn]
+            self._local.conn = conn
+            self._local.entry = self.watchdog.watch(conn, limit=self.limit)
+            db.prepare_session(conn)
+        entry: Watched = self._local.entry
+        try:
+            yield conn, entry
+        except BaseException:
+            if _unusable(conn):
+                self.watchdog.forget(conn)
+                conn.close()  # the next attempt opens a new one
+            raise
+        finally:
+            entry.on_abandon = None
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            self.watchdog.forget(conn)
+            conn.close()
+
+
+@dataclass
+class Endpoint:
+    """A repo's database as the runner uses it: its conninfo, watchdog and control plane."""
+
+    repo: model.Repo
+    info: str
+    watchdog: Watchdog
+    control: ControlPlane
+
+    @classmethod
+    def open(cls, repo: model.Repo, root: Path, *, pooled: bool = False) -> Endpoint:
+        """Resolve the repo's connection (creating its database only on the embedded default server)."""
+        db.ensure_embedded_database(repo, root)
+        info = db.conninfo(repo, root)
+        watchdog = Watchdog(info)
+        limit = statement_limit(repo)
+        if pooled:
+            return cls(repo, info, watchdog, PooledControl(info, repo.retry, watchdog, limit))
+        return cls(repo, info, watchdog, SingleControl(info, repo.retry, watchdog, limit))
+
+    @property
+    def database(self) -> str:
+        return db.database_name(self.info)
+
+    def workers(self) -> Dedicated:
+        return Dedicated(self.info, self.watchdog, statement_limit(self.repo))
+
+    def close(self) -> None:
+        self.control.close()
+        self.watchdog.close()
+
+
+@dataclass
+class Endpoints:
+    """The endpoints of a config's repos, opened on first use and re-opened when a repo's settings change.
+
+    The daemon keeps one (``pooled``) for its whole life, so control-plane pools outlive passes; a CLI command
+    has one for the command.
+    """
+
+    root: Path
+    pooled: bool = False
+    _open: dict[str, tuple[model.Repo, Endpoint]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, repo: model.Repo) -> Endpoint:
+        with self._lock:
+            known = self._open.get(repo.name)
+            if known is not None and known[0] == repo:
+                return known[1]
+            if known is not None:
+                known[1].close()
+            endpoint = Endpoint.open(repo, self.root, pooled=self.pooled)
+            self._open[repo.name] = (repo, endpoint)
+            return endpoint
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._open = list(self._open.values()), {}
+        for _, endpoint in opened:
+            endpoint.close()

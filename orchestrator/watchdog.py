@@ -1,0 +1,262 @@
+"""Notice connections that went silent, and cut them loose so the caller can retry on a new one.
+
+A connection can stop carrying bytes without either end being told: a dead middlebox, a hung sidecar proxy or a
+lost NAT entry leaves it half-open, the kernel keeps ACKing, TCP keepalives never fire, and a client waiting for
+an answer waits forever (psycopg's ``Connection.wait`` has no deadline). Client-side timeouts cannot tell such a
+wait from a long statement, so the watchdog asks the server instead.
+
+While a watched connection is inside a statement (libpq says the command is in progress), the watchdog looks up
+its backend in ``pg_stat_activity`` on a connection of its own, every ``interval``:
+
+* the backend is gone: nobody will ever answer, so the connection is abandoned at once;
+* the backend is not running anything (``idle``, ``idle in transaction``) and has not been for ``grace`` seconds
+  while the client kept waiting: the request or its answer was lost on the way, so the connection is abandoned;
+* the backend is ``active``: it is working on our statement, however long it takes (``statementTimeout: 0s``
+  backfills included), and the client waits.
+
+Abandoning shuts the socket down (the waiting call returns with a lost-connection error, which the caller's
+retry policy handles) and terminates the old backend if it is still there, so it cannot keep holding the
+target's locks. When the watchdog cannot reach the server itself, a connection busy for longer than its
+``limit`` (the repo's timeouts plus a margin, when they are finite) is abandoned on time alone.
+
+The watchdog's own queries are guarded by a deadline (a second thread shuts its socket down), so a half-open
+probe connection cannot stall it. It only queries while some watched connection is busy: an idle process asks
+the server nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+
+OnAbandon = Callable[[int, str], None]
+
+_PROBE = """
+SELECT p.pid, a.state, extract(epoch FROM a.state_change)::float8, extract(epoch FROM clock_timestamp())::float8
+FROM unnest(%s::int[]) AS p(pid) LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid
+"""
+
+
+@dataclass
+class Watched:
+    """One connection under watch; ``on_abandon`` is set by whoever uses it (to report which target it was)."""
+
+    conn: psycopg.Connection[Any]
+    pid: int
+    sock: socket.socket  # a duplicate of the connection's socket: valid even if libpq closes its own
+    limit: float | None = None  # seconds a statement may take when the server cannot be asked
+    on_abandon: OnAbandon | None = None
+    busy_since: float | None = None  # server clock, first probe that found the client waiting
+    busy_since_local: float | None = None
+    abandoned: bool = False
+
+
+def _busy(conn: psycopg.Connection[Any]) -> bool:
+    """Is the client waiting for the server (a command sent, its results not all read)?"""
+    try:
+        return not conn.closed and conn.pgconn.transaction_status == TransactionStatus.ACTIVE
+    except psycopg.Error:
+        return False
+
+
+def shut(sock: socket.socket) -> None:
+    """Shut a socket down in both directions: a call blocked on it returns at once."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+@dataclass
+class Watchdog:
+    """Watches connections to one server; ``info`` is a conninfo the watchdog may connect with."""
+
+    info: str
+    interval: float = 0.5
+    grace: float = 2.0
+    probe_timeout: float = 5.0
+    connect: Callable[[str], psycopg.Connection[Any]] | None = None
+    abandoned: int = 0
+    _watched: dict[int, Watched] = field(default_factory=dict)  # id(conn) -> entry
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _probe: psycopg.Connection[Any] | None = None
+    _probe_sock: socket.socket | None = None
+    _probe_started: float | None = None
+    _last_view: float = field(default_factory=time.monotonic)
+
+    # -- registry -------------------------------------------------------------------------------------------
+
+    def watch(self, conn: psycopg.Connection[Any], *, limit: float | None = None) -> Watched:
+        """Start watching ``conn`` (until ``forget`` or until it is closed); return its entry."""
+        entry = Watched(conn, conn.info.backend_pid, socket.socket(fileno=os.dup(conn.pgconn.socket)), limit)
+        with self._lock:
+            self._watched[id(conn)] = entry
+        self._start()
+        return entry
+
+    def forget(self, conn: psycopg.Connection[Any]) -> None:
+        with self._lock:
+            entry = self._watched.pop(id(conn), None)
+        if entry is not None:
+            entry.sock.close()
+
+    @contextlib.contextmanager
+    def watching(self, conn: psycopg.Connection[Any], *, limit: float | None = None) -> Iterator[Watched]:
+        entry = self.watch(conn, limit=limit)
+        try:
+            yield entry
+        finally:
+            self.forget(conn)
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.probe_timeout + 1)
+        with self._lock:
+            entries, self._watched = list(self._watched.values()), {}
+        for entry in entries:
+            entry.sock.close()
+        self._drop_probe()
+
+    # -- the two threads ------------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._threads or self._stop.is_set():
+                return
+            self._threads = [
+                threading.Thread(target=self._probe_loop, name="watchdog", daemon=True),
+                threading.Thread(target=self._guard_loop, name="watchdog-guard", daemon=True),
+            ]
+        for thread in self._threads:
+            thread.start()
+
+    def _probe_loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+            except Exception:  # never let the watchdog die: the next round tries again on a new connection
+                self._drop_probe()
+
+    def _guard_loop(self) -> None:
+        """The deadline of the watchdog's own query: its socket is shut down when the query takes too long."""
+        while not self._stop.wait(self.interval):
+            started, sock = self._probe_started, self._probe_sock
+            if started is not None and sock is not None and time.monotonic() - started > self.probe_timeout:
+                shut(sock)
+
+    # -- one round ------------------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Look at every busy watched connection once; abandon the ones that went silent."""
+        busy = self._busy_entries()
+        if not busy:
+            return
+        view = self._server_view([entry.pid for entry in busy])
+        now = time.monotonic()
+        if view is None:
+            for entry in busy:
+                if entry.limit is not None and entry.busy_since_local is not None:
+                    waited = now - entry.busy_since_local
+                    if waited > entry.limit and now - self._last_view > self.probe_timeout:
+                        self._abandon(entry, f"no answer for {waited:.0f} s and the server cannot be asked")
+            return
+        self._last_view = now
+        for entry in busy:
+            self._judge(entry, view)
+
+    def _busy_entries(self) -> list[Watched]:
+        with self._lock:
+            entries = list(self._watched.values())
+            closed = [key for key, entry in self._watched.items() if entry.conn.closed]
+            for key in closed:
+                self._watched.pop(key).sock.close()
+        busy = []
+        now = time.monotonic()
+        for entry in entries:
+            if entry.conn.closed or entry.abandoned or not _busy(entry.conn):
+                entry.busy_since = entry.busy_since_local = None
+                continue
+            if entry.busy_since_local is None:
+                entry.busy_since_local = now
+            busy.append(entry)
+        return busy
+
+    def _judge(self, entry: Watched, view: dict[int, tuple[str | None, float | None, float]]) -> None:
+        state, changed, server_now = view[entry.pid]
+        if state is None:
+            self._abandon(entry, "its server session is gone")
+            return
+        if entry.busy_since is None:
+            entry.busy_since = server_now
+        if state == "active":
+            return
+        silent_since = max(changed or server_now, entry.busy_since)
+        if server_now - silent_since > self.grace:
+            self._abandon(
+                entry,
+                f"the server has been {state} for {server_now - (changed or server_now):.1f} s while the client waited",
+            )
+
+    def _server_view(self, pids: list[int]) -> dict[int, tuple[str | None, float | None, float]] | None:
+        try:
+            conn = self._probe_connection()
+            self._probe_started = time.monotonic()
+            try:
+                rows = conn.execute(_PROBE, (pids,)).fetchall()
+            finally:
+                self._probe_started = None
+        except psycopg.Error:
+            self._drop_probe()
+            return None
+        return {int(pid): (state, changed, float(now)) for pid, state, changed, now in rows}
+
+    def _probe_connection(self) -> psycopg.Connection[Any]:
+        if self._probe is None or self._probe.closed:
+            self._drop_probe()
+            self._probe_started = time.monotonic()  # connecting is guarded too (connect_timeout as well)
+            try:
+                self._probe = (self.connect or _connect)(self.info)
+            finally:
+                self._probe_started = None
+            self._probe_sock = socket.socket(fileno=os.dup(self._probe.pgconn.socket))
+        return self._probe
+
+    def _drop_probe(self) -> None:
+        probe, sock = self._probe, self._probe_sock
+        self._probe = self._probe_sock = None
+        if sock is not None:
+            sock.close()
+        if probe is not None:
+            with contextlib.suppress(Exception):
+                probe.close()
+
+    def _abandon(self, entry: Watched, reason: str) -> None:
+        entry.abandoned = True
+        self.abandoned += 1
+        shut(entry.sock)
+        if self._probe is not None and "gone" not in reason:
+            self._probe_started = time.monotonic()
+            try:
+                self._probe.execute("SELECT pg_terminate_backend(%s)", (entry.pid,))
+            except psycopg.Error:
+                self._drop_probe()
+            finally:
+                self._probe_started = None
+        if entry.on_abandon is not None:
+            entry.on_abandon(entry.pid, reason)
+
+
+def _connect(info: str) -> psycopg.Connection[Any]:
+    from orchestrator import db
+
+    return db.open_connection(info, application_name="orchestrator-watchdog")
