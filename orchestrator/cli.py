@@ -260,12 +260,18 @@ def _sink(args: argparse.Namespace) -> Any:
         logs.configure(json=True)
         return events.LogSink(logs.get("orchestrator"))
     text = events.TextSink(print)
-    on_stdout = lambda event: event.target.tenant is None or isinstance(event, events.Planned)  # noqa: E731
-    if sys.stderr.isatty():
-        return lambda event: text(event) if on_stdout(event) else None
-    logs.configure()
-    log = events.LogSink(logs.get("rollout"))
-    return lambda event: text(event) if on_stdout(event) else log(event)
+    log: events.Sink = events.discard  # on a terminal the progress bar shows the tenants
+    if not sys.stderr.isatty():
+        logs.configure()
+        log = events.LogSink(logs.get("rollout"))
+
+    def sink(event: events.Event) -> None:
+        if event.target.tenant is None or isinstance(event, events.Planned):
+            text(event)
+        else:
+            log(event)
+
+    return sink
 
 
 def cmd_create(args: argparse.Namespace) -> int:

@@ -167,20 +167,23 @@ IDLE_SESSION_TIMEOUT = "120s"
 never holds a tenant's locks longer than this. Our own sessions are never idle that long while they hold one."""
 
 
-def prepare_session(conn: psycopg.Connection[Any]) -> None:
-    """Settings for every session that does work (one round trip; PostgreSQL 14+ for the last two).
+def prepare_session(conn: psycopg.Connection[Any]) -> Any:
+    """Settings for every session that does work (one round trip; PostgreSQL 14+ for the last two); return
+    the session's start time, which names it together with its pid (pids are reused).
 
     ``client_connection_check_interval``: the server notices within a second that this process died
     mid-statement, so a killed runner's transaction is rolled back and its locks released promptly.
     ``idle_in_transaction_session_timeout`` / ``idle_session_timeout``: an orphaned session ends by itself.
     """
     modern = conn.info.server_version >= 140000
-    conn.execute(
+    row = conn.execute(
         "SELECT set_config('idle_in_transaction_session_timeout', %s, false), "
         "CASE WHEN %s THEN set_config('client_connection_check_interval', '1s', false) END, "
-        "CASE WHEN %s THEN set_config('idle_session_timeout', %s, false) END",
+        "CASE WHEN %s THEN set_config('idle_session_timeout', %s, false) END, "
+        "(SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid())",
         (IDLE_IN_TRANSACTION_TIMEOUT, modern, modern, IDLE_SESSION_TIMEOUT),
-    )
+    ).fetchone()
+    return row[3] if row else None
 
 
 def redact(url: str) -> str:

@@ -58,6 +58,21 @@ class Watched:
     busy_since: float | None = None  # server clock, first probe that found the client waiting
     busy_since_local: float | None = None
     abandoned: bool = False
+    backend_start: Any = None  # with pid, names the server session (set once the session is prepared)
+
+
+LINGER = 1.0
+"""Seconds a closed connection's session may take to end by itself before it is terminated."""
+
+_START = "SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()"
+_LEFT = """
+SELECT a.pid FROM unnest(%s::int[], %s::timestamptz[]) AS o(pid, started)
+JOIN pg_catalog.pg_stat_activity a ON a.pid = o.pid AND a.backend_start = o.started
+"""
+_TERMINATE = """
+SELECT pg_terminate_backend(a.pid) FROM unnest(%s::int[], %s::timestamptz[]) AS o(pid, started)
+JOIN pg_catalog.pg_stat_activity a ON a.pid = o.pid AND a.backend_start = o.started
+"""
 
 
 def _busy(conn: psycopg.Connection[Any]) -> bool:
@@ -81,7 +96,7 @@ class Watchdog:
     info: str
     interval: float = 0.5
     grace: float = 2.0
-    probe_timeout: float = 5.0
+    probe_timeout: float = 2.0
     connect: Callable[[str], psycopg.Connection[Any]] | None = None
     abandoned: int = 0
     _watched: dict[int, Watched] = field(default_factory=dict)  # id(conn) -> entry
@@ -92,6 +107,11 @@ class Watchdog:
     _probe_sock: socket.socket | None = None
     _probe_started: float | None = None
     _last_view: float = field(default_factory=time.monotonic)
+    _orphans: list[tuple[int, Any, float]] = field(default_factory=list)  # pid, backend_start, when retired
+    _probing: threading.Lock = field(default_factory=threading.Lock)  # one user of the probe connection
+    _probe_start: Any = None
+    _probe_pid: int = 0
+    swept: int = 0
 
     # -- registry -------------------------------------------------------------------------------------------
 
@@ -109,6 +129,20 @@ class Watchdog:
         if entry is not None:
             entry.sock.close()
 
+    def close_connection(self, conn: psycopg.Connection[Any], *, session: tuple[int, Any] | None = None) -> None:
+        """Close a connection and make sure its server session ends: a connection that froze while idle never
+        delivers its goodbye, so the session is looked for (and terminated) afterwards. ``session``: its pid
+        and start, for a connection that is not watched at the moment."""
+        with self._lock:
+            entry = self._watched.get(id(conn))
+        pid, started = (entry.pid, entry.backend_start) if entry is not None else (session or (0, None))
+        self.forget(conn)
+        with contextlib.suppress(Exception):
+            conn.close()
+        if started is not None and not (entry is not None and entry.abandoned):
+            with self._lock:
+                self._orphans.append((pid, started, time.monotonic() + LINGER))
+
     @contextlib.contextmanager
     def watching(self, conn: psycopg.Connection[Any], *, limit: float | None = None) -> Iterator[Watched]:
         entry = self.watch(conn, limit=limit)
@@ -118,14 +152,19 @@ class Watchdog:
             self.forget(conn)
 
     def close(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=self.probe_timeout + 1)
+        """Stop watching; sessions of connections closed earlier that the server still has are terminated."""
         with self._lock:
             entries, self._watched = list(self._watched.values()), {}
         for entry in entries:
             entry.sock.close()
-        self._drop_probe()
+        if self._orphans:
+            self._start()  # the guard must be running: the sweep's own connection may be frozen too
+            with self._probing:
+                self._sweep(final=True)
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.probe_timeout + 1)
+        self._drop_probe(retire=False)
 
     # -- the two threads ------------------------------------------------------------------------------------
 
@@ -143,7 +182,9 @@ class Watchdog:
     def _probe_loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.check()
+                with self._probing:
+                    if not self._stop.is_set():
+                        self.check()
             except Exception:  # never let the watchdog die: the next round tries again on a new connection
                 self._drop_probe()
 
@@ -158,6 +199,7 @@ class Watchdog:
 
     def check(self) -> None:
         """Look at every busy watched connection once; abandon the ones that went silent."""
+        self._sweep(final=False)
         busy = self._busy_entries()
         if not busy:
             return
@@ -220,40 +262,87 @@ class Watchdog:
             return None
         return {int(pid): (state, changed, float(now)) for pid, state, changed, now in rows}
 
+    def _sweep(self, *, final: bool) -> None:
+        """End the server sessions of connections we let go of that the server still has.
+
+        A connection closed normally gets a second (``LINGER``) to deliver its goodbye; an abandoned one is due
+        at once. ``final`` (closing the watchdog): keep at it, reconnecting, until none is left or time is up.
+        """
+        deadline = time.monotonic() + (3 * (self.probe_timeout + LINGER) if final else 0.0)
+        while True:
+            with self._lock:
+                pending = list(self._orphans)
+            now = time.monotonic()
+            if not pending or (not final and all(due > now for _, _, due in pending)):
+                return
+            try:
+                left = self._ended(pending, now)
+            except psycopg.Error:
+                self._drop_probe()
+                left = None
+            if left is not None:
+                with self._lock:
+                    self._orphans = [o for o in self._orphans if o not in pending or o in left]
+                if not left:
+                    return
+            if not final or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+
+    def _ended(self, pending: list[tuple[int, Any, float]], now: float) -> list[tuple[int, Any, float]]:
+        """Terminate the pending sessions that are due; return the ones still there and not yet due."""
+        conn = self._probe_connection()
+        keys = ([pid for pid, _, _ in pending], [start for _, start, _ in pending])
+        self._probe_started = time.monotonic()
+        try:
+            there = {int(r[0]) for r in conn.execute(_LEFT, keys).fetchall()}
+            due = [o for o in pending if o[0] in there and o[2] <= now]
+            if due:
+                conn.execute(_TERMINATE, ([pid for pid, _, _ in due], [start for _, start, _ in due]))
+                self.swept += len(due)
+        finally:
+            self._probe_started = None
+        return [o for o in pending if o[0] in there and o[2] > now]
+
     def _probe_connection(self) -> psycopg.Connection[Any]:
         if self._probe is None or self._probe.closed:
             self._drop_probe()
             self._probe_started = time.monotonic()  # connecting is guarded too (connect_timeout as well)
             try:
-                self._probe = (self.connect or _connect)(self.info)
+                probe = (self.connect or _connect)(self.info)
+                self._probe_sock = socket.socket(fileno=os.dup(probe.pgconn.socket))
+                self._probe, self._probe_pid = probe, probe.info.backend_pid
+                row = probe.execute(_START).fetchone()
+                self._probe_start = row[0] if row else None
             finally:
                 self._probe_started = None
-            self._probe_sock = socket.socket(fileno=os.dup(self._probe.pgconn.socket))
         return self._probe
 
-    def _drop_probe(self) -> None:
-        probe, sock = self._probe, self._probe_sock
-        self._probe = self._probe_sock = None
+    def _drop_probe(self, *, retire: bool = True) -> None:
+        """Close the probe connection; after a failure its session is swept later like any other orphan."""
+        probe, sock, start = self._probe, self._probe_sock, self._probe_start
+        self._probe = self._probe_sock = self._probe_start = None
         if sock is not None:
             sock.close()
         if probe is not None:
+            pid = self._probe_pid
             with contextlib.suppress(Exception):
                 probe.close()
+            if retire and pid and start is not None:
+                with self._lock:
+                    self._orphans.append((pid, start, time.monotonic()))  # due at once: it failed
 
     def _abandon(self, entry: Watched, reason: str) -> None:
+        report = entry.on_abandon  # taken first: once the socket is shut, the user moves on and clears it
         entry.abandoned = True
         self.abandoned += 1
         shut(entry.sock)
-        if self._probe is not None and "gone" not in reason:
-            self._probe_started = time.monotonic()
-            try:
-                self._probe.execute("SELECT pg_terminate_backend(%s)", (entry.pid,))
-            except psycopg.Error:
-                self._drop_probe()
-            finally:
-                self._probe_started = None
-        if entry.on_abandon is not None:
-            entry.on_abandon(entry.pid, reason)
+        if entry.backend_start is not None:  # its session, still holding what it held: terminated next
+            with self._lock:
+                self._orphans.append((entry.pid, entry.backend_start, time.monotonic()))
+            self._sweep(final=False)
+        if report is not None:
+            report(entry.pid, reason)
 
 
 def _connect(info: str) -> psycopg.Connection[Any]:

@@ -6,7 +6,10 @@ while armed, picks a live connection at random moments and does one of:
 * ``reset``: both sides closed at once, the client's with an RST (what a crashed load balancer or a killed
   pgbouncer looks like);
 * ``stall``: nothing forwarded either way for a while, then reset (a dropped NAT entry, a half-dead node);
-* ``hiccup``: nothing forwarded for a while, then forwarding resumes (a congested link).
+* ``hiccup``: nothing forwarded for a while, then forwarding resumes (a congested link);
+* ``freeze``: nothing forwarded ever again, both sockets left open (half-open: a dead middlebox, a hung sidecar
+  proxy or a lost NAT entry; the kernel keeps ACKing, so TCP keepalives never fire);
+* ``storm``: every open connection reset at once (a restarted load balancer or pgbouncer).
 
 The server side is always closed when the client side is, so PostgreSQL sees the loss and rolls back what that
 session had open, as it would with a real network failure. The proxy is deterministic for a given seed in
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import random
 import select
 import socket
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 from psycopg import conninfo
 
 KINDS = ("reset", "stall", "hiccup")
+"""The default mix; ``freeze`` and ``storm`` are chosen explicitly (``kinds=("freeze",)``)."""
 
 
 @dataclass
@@ -54,7 +59,17 @@ class _Pair:
 class FaultProxy:
     """Forward 127.0.0.1:<port> to ``upstream_url``'s server; inject faults while ``armed`` is set."""
 
-    def __init__(self, upstream_url: str, *, seed: int, mean_interval: float = 0.1, max_stall: float = 2.0) -> None:
+    def __init__(
+        self,
+        upstream_url: str,
+        *,
+        seed: int,
+        mean_interval: float = 0.1,
+        max_stall: float = 2.0,
+        kinds: tuple[str, ...] = KINDS,
+        every: tuple[float, float] | None = None,
+    ) -> None:
+        """``every``: draw the time between faults uniformly from this range instead of exponentially."""
         params = conninfo.conninfo_to_dict(upstream_url)
         host = str(params.get("host") or "127.0.0.1")
         port = int(params.get("port") or 5432)
@@ -63,7 +78,8 @@ class FaultProxy:
         )
         self._params = params
         self._random = random.Random(seed)
-        self.mean_interval, self.max_stall = mean_interval, max_stall
+        self.mean_interval, self.max_stall, self.kinds, self.every = mean_interval, max_stall, kinds, every
+        self.reset_by_storms = 0
         self.armed = threading.Event()
         self.faults: collections.Counter[str] = collections.Counter()
         self.connections = 0
@@ -148,18 +164,29 @@ class FaultProxy:
 
     # -- faults --------------------------------------------------------------------------------------------
 
+    def _pause(self) -> float:
+        if self.every is not None:
+            return self._random.uniform(*self.every)
+        return self._random.expovariate(1 / self.mean_interval)
+
     def _inject(self) -> None:
-        while not self._stop.wait(self._random.expovariate(1 / self.mean_interval)):
+        while not self._stop.wait(self._pause()):
             if not self.armed.is_set():
                 continue
             with self._lock:
-                live = [p for p in self._pairs if not p.closed and p.reset_at is None]
+                live = [p for p in self._pairs if not p.closed and p.reset_at is None and p.pause_until != math.inf]
             if not live:
                 continue
             pair = self._random.choice(live)
-            kind = self._random.choice(KINDS)
+            kind = self._random.choice(self.kinds)
             now = time.monotonic()
-            if kind == "reset":
+            if kind == "storm":
+                for each in live:
+                    each.reset_at = now
+                self.reset_by_storms += len(live)
+            elif kind == "freeze":
+                pair.pause_until = math.inf  # never forwarded again; closed only when the proxy stops
+            elif kind == "reset":
                 pair.reset_at = now
             else:
                 pair.pause_until = now + self._random.uniform(0.1, self.max_stall)

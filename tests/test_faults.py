@@ -226,3 +226,79 @@ def test_a_lock_held_past_lock_timeout_fails_one_tenant_only(tmp_path: Path, dat
     assert project.cli("migrate", "--tenants", "--retry-failed").code == 0
     project.check(tenants, finished=True)
     figures("lock contention", tenants=len(tenants), failed=[locked], attempts=3, rollout_seconds=round(seconds, 1))
+
+
+FREEZE_TENANTS = 200 if SOAK else 60
+FREEZE_ROUNDS = 3 if SOAK else 1
+
+
+def _timeouts(project: Project, statement_timeout: str) -> None:
+    """The repo timeouts of the half-open tests: a short lockWait, so an orphan holding a lock would show."""
+    path = project.root / "config/repo.yaml"
+    text = path.read_text().replace(
+        "timeouts: {lockTimeout: 2s, lockWait: 60s}",
+        f"timeouts: {{statementTimeout: {statement_timeout}, lockTimeout: 2s, lockWait: 10s}}",
+    )
+    path.write_text(text.replace("attempts: 20", "attempts: 30"))
+
+
+def _sessions_left(url: str) -> list[tuple[int, str, str]]:
+    """The orchestrator's sessions the server still has in this test's database."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid, application_name, state FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name LIKE 'orchestrator%%' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [(int(pid), str(name), str(state)) for pid, name, state in rows]
+
+
+def _frozen_ready(root: Path, url: str, statement_timeout: str) -> tuple[Project, list[str]]:
+    project = Project(root, url)
+    project.generate(1)
+    project.generate(2)
+    project.add_backfill(0.05)  # each tenant takes a moment: freezes land inside statements too
+    _timeouts(project, statement_timeout)
+    assert project.cli("migrate").code == 0
+    tenants = names(FREEZE_TENANTS)
+    project.register(tenants)
+    return project, tenants
+
+
+@pytest.mark.parametrize("statement_timeout", ["5s", "0s"])
+def test_half_open_connections_are_abandoned_and_the_rollout_finishes(
+    tmp_path: Path, database_url: str, statement_timeout: str
+) -> None:
+    """A proxy freezes one connection every 0.5-3 s without closing either side (the kernel keeps ACKing, so
+    keepalives never fire). Without the watchdog the rollout waits forever (run_cli's 120 s limit fails it)."""
+    project, tenants = _frozen_ready(tmp_path, database_url, statement_timeout)
+    abandoned, seconds = 0, []
+    with FaultProxy(database_url, seed=SEED, kinds=("freeze",), every=(0.5, 3.0)) as proxy:
+        for round_ in range(FREEZE_ROUNDS):
+            steps = [("migrate",)] if round_ == 0 else [("rollback",), ("migrate",)]
+            for (step,) in steps:
+                proxy.armed.set()
+                started = time.monotonic()
+                result = project.cli(step, "--tenants", "--json", url=proxy.url())
+                seconds.append(round(time.monotonic() - started, 1))
+                proxy.armed.clear()
+                assert result.code == 0, result.err[-3000:]
+                report = json.loads(result.out)["repos"][0]["tenants"]
+                expected = "migrated" if step == "migrate" else "rolled back"
+                assert sorted(t["tenant"] for t in report if t["status"] == expected) == tenants
+                abandoned += result.err.count('"connection.abandoned"')
+                checked = project.check(tenants, finished=step == "migrate")  # every tenant whole, each version once
+                latest = len(project.tenant_versions())
+                assert checked.at == {latest if step == "migrate" else latest - 1: len(tenants)}, "exactly one step"
+                # the frozen sockets are still open on the proxy: the server would keep their sessions
+                assert _sessions_left(database_url) == [], "an orchestrator session outlived the run"
+    assert proxy.faults["freeze"] >= 2, "the proxy froze connections during the rollout"
+    assert abandoned >= 1, "some attempt was caught by a frozen connection and abandoned"
+    figures(
+        f"half-open, statementTimeout {statement_timeout}",
+        tenants=len(tenants),
+        rollouts=len(seconds),
+        freezes=proxy.faults["freeze"],
+        abandoned=abandoned,
+        seconds=seconds,
+        sessions_left=0,
+    )

@@ -18,6 +18,7 @@ the number of attempts it really took. Everything that happens is an event for t
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 from collections.abc import Mapping, Sequence
@@ -177,7 +178,7 @@ def _attempt(
         if request.action is Action.REPAIR:
             state.done.extend(_repair(conn, target, source, applied, sink))
             return
-        for migration in plan(request, source, applied):
+        for migration in plan(_remaining(request, len(state.done)), source, applied):
             state.in_flight.append(migration)
             ms = executor.apply(conn, target, migration, request.direction, store_text=source.store_texts, sink=sink)
             state.in_flight.clear()
@@ -192,6 +193,17 @@ def plan(request: Request, source: Source, applied: Mapping[int, recorder.Applie
     if request.action is Action.REPAIR:
         return []
     return planner.pending(source.migrations, applied, to=request.to, step=request.step, strict=request.strict)
+
+
+def _remaining(request: Request, done: int) -> Request:
+    """The request for a retry after ``done`` migrations were completed by earlier attempts: ``--step N`` (and
+    a rollback's default single step) counts those, or a retry would run more than asked."""
+    if not done:
+        return request
+    step = request.step if request.step is not None else (1 if request.action is Action.ROLLBACK else None)
+    if step is None or request.to is not None:
+        return request
+    return dataclasses.replace(request, step=max(step - done, 0))
 
 
 def _ensure(conn: Conn, target: Target, *, adopted: bool, create_schema: bool) -> None:

@@ -65,6 +65,7 @@ class SingleControl:
     watchdog: Watchdog
     limit: float | None = None
     _conn: Conn | None = None
+    _session: tuple[int, Any] | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def run(self, call: Callable[[Conn], T]) -> T:
@@ -88,16 +89,21 @@ class SingleControl:
 
     def _open(self) -> Conn:
         if self._conn is None or self._conn.closed:
-            self._conn = db.open_connection(self.info)
-            _prepare_control(self._conn)
+            conn = db.open_connection(self.info)
+            try:
+                with self.watchdog.watching(conn, limit=self.limit) as entry:
+                    entry.backend_start = _prepare_control(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn, self._session = conn, (entry.pid, entry.backend_start)
         return self._conn
 
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
-            self.watchdog.forget(conn)
-            conn.close()
+            self.watchdog.close_connection(conn, session=self._session)
 
 
 @dataclass
@@ -151,9 +157,10 @@ class PooledControl:
         self.pool.close(timeout=5)
 
 
-def _prepare_control(conn: Conn) -> None:
-    db.prepare_session(conn)
+def _prepare_control(conn: Conn) -> Any:
+    started = db.prepare_session(conn)
     conn.execute("SET synchronous_commit TO off")  # outcome records: cheap commits
+    return started
 
 
 def _unusable(conn: Conn) -> bool:
@@ -182,14 +189,14 @@ class Dedicated:
                 self._opened = [c for c in self._opened if not c.closed] + [conn]
             self._local.conn = conn
             self._local.entry = self.watchdog.watch(conn, limit=self.limit)
-            db.prepare_session(conn)
         entry: Watched = self._local.entry
         try:
+            if entry.backend_start is None:
+                entry.backend_start = db.prepare_session(conn)
             yield conn, entry
         except BaseException:
             if _unusable(conn):
-                self.watchdog.forget(conn)
-                conn.close()  # the next attempt opens a new one
+                self.watchdog.close_connection(conn)  # the next attempt opens a new one
             raise
         finally:
             entry.on_abandon = None
@@ -198,8 +205,7 @@ class Dedicated:
         with self._lock:
             opened, self._opened = self._opened, []
         for conn in opened:
-            self.watchdog.forget(conn)
-            conn.close()
+            self.watchdog.close_connection(conn)
 
 
 @dataclass
