@@ -62,6 +62,10 @@ def capture_stdlib(*, level: int = logging.WARNING) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # A job that overruns its interval is skipped (warning, every interval) and psycopg warns of each pipeline
+    # it could not end on a lost connection: both are said better by our own events. Their errors still show.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
 
 
 def get(name: str) -> Any:

@@ -129,6 +129,13 @@ class Watchdog:
         if entry is not None:
             entry.sock.close()
 
+    def retire(self, session: tuple[int, Any]) -> None:
+        """A session whose connection was closed elsewhere: make sure it ends (see ``close_connection``)."""
+        pid, started = session
+        if pid and started is not None:
+            with self._lock:
+                self._orphans.append((pid, started, time.monotonic() + LINGER))
+
     def close_connection(self, conn: psycopg.Connection[Any], *, session: tuple[int, Any] | None = None) -> None:
         """Close a connection and make sure its server session ends: a connection that froze while idle never
         delivers its goodbye, so the session is looked for (and terminated) afterwards. ``session``: its pid
@@ -139,9 +146,8 @@ class Watchdog:
         self.forget(conn)
         with contextlib.suppress(Exception):
             conn.close()
-        if started is not None and not (entry is not None and entry.abandoned):
-            with self._lock:
-                self._orphans.append((pid, started, time.monotonic() + LINGER))
+        if not (entry is not None and entry.abandoned):
+            self.retire((pid, started))
 
     @contextlib.contextmanager
     def watching(self, conn: psycopg.Connection[Any], *, limit: float | None = None) -> Iterator[Watched]:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
+from typing import IO
 
 import psycopg
 import pytest
@@ -89,14 +90,24 @@ def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")} | (env or {})
 
 
-def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, stdout: int = subprocess.PIPE) -> Popen[str]:
-    """Start ``python -m orchestrator`` in the background (for tests that kill or signal it)."""
+def start_cli(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    stdout: int = subprocess.PIPE,
+    stderr: int | IO[str] = subprocess.PIPE,
+) -> Popen[str]:
+    """Start ``python -m orchestrator`` in the background (for tests that kill or signal it).
+
+    A long-running process that logs much should get a file for ``stderr``: a pipe nobody reads fills up
+    (64 KiB) and blocks the process's next log line.
+    """
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator", *args],
         cwd=cwd,
         env=cli_env(env),
         stdout=stdout,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
     )
 

@@ -164,7 +164,15 @@ class Project:
         return run_cli(*args, cwd=self.root, env=self.env(url))
 
     def popen(self, *args: str, url: str | None = None) -> subprocess.Popen[str]:
-        return start_cli(*args, cwd=self.root, env=self.env(url), stdout=subprocess.DEVNULL)
+        """Start the CLI in the background; its stderr goes to ``stderr.log`` (see ``logged``)."""
+        env = self.env(url) | {"PYTHONFAULTHANDLER": "1"}  # a hung process can be made to show its stacks
+        with (self.root / "stderr.log").open("a") as log:
+            return start_cli(*args, cwd=self.root, env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+    def logged(self) -> str:
+        """What the background processes wrote to stderr so far."""
+        path = self.root / "stderr.log"
+        return path.read_text() if path.exists() else ""
 
     # -- reading the outcome -------------------------------------------------------------------------------
 

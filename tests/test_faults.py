@@ -15,12 +15,15 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
+import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -189,7 +192,7 @@ def _eventually(check: Callable[[], T], *, timeout: float) -> T:
     while True:
         try:
             return check()
-        except AssertionError:
+        except (AssertionError, OSError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(1)
@@ -302,3 +305,57 @@ def test_half_open_connections_are_abandoned_and_the_rollout_finishes(
         seconds=seconds,
         sessions_left=0,
     )
+
+
+def test_half_open_connections_in_the_daemon(tmp_path: Path, database_url: str) -> None:
+    """The daemon's reconcile through a proxy that freezes a connection every 0.5-3 s: it finishes, /status
+    shows the abandoned connections (and the metric counts them), and SIGTERM leaves no session behind."""
+    project, tenants = _frozen_ready(tmp_path, database_url, "5s")
+    port = free_port()
+    with FaultProxy(database_url, seed=SEED + 3, kinds=("freeze",), every=(0.5, 3.0)) as proxy:
+        proxy.armed.set()
+        daemon = project.popen(
+            "serve", "--config", "config", "--interval", "1s", "--listen", f"127.0.0.1:{port}", url=proxy.url()
+        )
+        try:
+            checked = _eventually(lambda: project.check(tenants, finished=True), timeout=240)
+            status = _eventually(lambda: _abandoned_in_status(port), timeout=120)
+            metrics = _http(port, "/metrics")
+        finally:
+            code = _stop(daemon, project)
+        proxy.armed.clear()
+        assert code == 0, project.logged()[-5000:]
+        assert _sessions_left(database_url) == [], "an orchestrator session outlived the daemon"
+    abandoned = [e for e in status["recent_events"] if e["event"] == "connection.abandoned"]
+    assert all(e["repo"] == "app" and e["reason"] and e["backend_pid"] for e in abandoned)
+    assert re.search(r'orchestrator_connections_abandoned_total\{repo="app"\} [1-9]', metrics)
+    figures(
+        "half-open, daemon",
+        tenants=checked.tenants,
+        freezes=proxy.faults["freeze"],
+        abandoned_in_status=len(abandoned),
+        reasons=sorted({e["reason"].split(" for ")[0] for e in abandoned}),
+    )
+
+
+def _stop(process: subprocess.Popen[str], project: Project, timeout: float = 120) -> int:
+    """SIGTERM, then wait; a process that does not exit is made to dump every thread's stack (faulthandler)."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        process.wait(timeout=30)
+        lines = [line for line in project.logged().splitlines() if not line.startswith("{")]
+        raise AssertionError("did not exit after SIGTERM:\n" + "\n".join(lines[-80:])) from None
+
+
+def _http(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def _abandoned_in_status(port: int) -> dict[str, Any]:
+    status: dict[str, Any] = json.loads(_http(port, "/status"))
+    assert any(e["event"] == "connection.abandoned" for e in status["recent_events"]), status["recent_events"]
+    return status

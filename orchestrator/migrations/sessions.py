@@ -115,6 +115,7 @@ class PooledControl:
     watchdog: Watchdog
     limit: float | None = None
     pool: Any = None
+    _sessions: dict[int, tuple[int, Any]] = field(default_factory=dict)  # id(conn) -> pid, backend_start
 
     def __post_init__(self) -> None:
         from psycopg_pool import ConnectionPool
@@ -122,7 +123,7 @@ class PooledControl:
         self.pool = ConnectionPool(
             self.info,
             kwargs=db.CONNECT_OPTIONS | {"autocommit": True},
-            configure=_prepare_control,
+            configure=self._configure,
             check=self._check,
             min_size=1,
             max_size=4,
@@ -133,6 +134,10 @@ class PooledControl:
             name="control",
         )
         self.pool.open(wait=False)
+
+    def _configure(self, conn: Conn) -> None:
+        with self.watchdog.watching(conn, limit=self.limit) as entry:
+            self._sessions[id(conn)] = (entry.pid, _prepare_control(conn))
 
     def _check(self, conn: Conn) -> None:
         """``ConnectionPool.check_connection``, watched: a half-open idle connection cannot hang the checkout."""
@@ -154,7 +159,12 @@ class PooledControl:
             yield conn
 
     def close(self) -> None:
+        """Close the pool; the sessions of its connections are swept with the watchdog's (a connection that
+        froze while idle in the pool cannot say goodbye)."""
         self.pool.close(timeout=5)
+        for session in self._sessions.values():
+            self.watchdog.retire(session)
+        self._sessions.clear()
 
 
 def _prepare_control(conn: Conn) -> Any:
