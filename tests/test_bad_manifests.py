@@ -52,6 +52,29 @@ def test_cli_prints_every_error_exits_2_and_writes_nothing(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
+def test_cli_unknown_tenant_column_and_conflicting_table_exit_2_and_write_nothing(tmp_path: Path) -> None:
+    cfg = tmp_path / "config"
+    cfg.mkdir()
+    for name in ("99_attribute_strategy_unknown_tenant_column.yaml", "63_two_resources_disagree_on_table.yaml"):
+        text = (REPO_ROOT / "tests" / "bad" / name).read_text()
+        repo = f"app{name[:2]}"  # both cases declare repo app: give each its own, or that is a third error
+        (cfg / name).write_text(text.replace("name: app}", f"name: {repo}}}").replace("repo: app", f"repo: {repo}"))
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    result = run_cli("validate", "--config", "config", cwd=tmp_path)
+    assert result.code == 2, result.err
+    assert (
+        "config/99_attribute_strategy_unknown_tenant_column.yaml:13:50: spec.multitenancy.attribute: tenant column "
+        "'org_id' is not an attribute of this resource (did you mean 'orgid'?); its attributes are: id, orgid, payload"
+    ) in result.err
+    assert (
+        "config/63_two_resources_disagree_on_table.yaml:24:7: spec.attributes[1]: table public.things is also defined "
+        "by resource 'thing', differently: column extra: defined here, missing in "
+        "config/63_two_resources_disagree_on_table.yaml:14; two resources on one table must agree"
+    ) in result.err
+    assert "3 problems in the manifests; nothing was written or applied" in result.err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
 def test_cli_json_lists_problems(tmp_path: Path) -> None:
     shutil.copy(REPO_ROOT / "tests" / "bad" / "29_unknown_repo.yaml", tmp_path / "bad.yaml")
     result = run_cli("validate", "--config", ".", "--json", cwd=tmp_path)

@@ -12,6 +12,8 @@ from orchestrator.errors import ConfigError
 from tests.conftest import REPO_ROOT, write
 
 REPO = "apiVersion: orchestrator/v1\nkind: Repo\nmetadata: {name: app}\nspec:\n  tenants: {static: [t1]}\n---\n"
+ID = "    - {name: id, type: bigint, primaryKey: true}\n"
+AGREE = "; two resources on one table must agree"
 
 
 def resource(body: str, extra: str = "", name: str = "thing", table: str = "things") -> str:
@@ -192,6 +194,102 @@ def test_two_resources_that_agree_on_a_table_are_merged(tmp_path: Path) -> None:
     body = "    - {name: id, type: bigint, primaryKey: true}\n"
     cfg = load(tmp_path, REPO, resource(body), resource(body, name="thing_alias"))
     assert len(cfg.tables) == 1
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "message"),
+    [
+        pytest.param(
+            (ID + "    - {name: email, type: 'varchar(255)'}\n", ""),
+            (ID + "    - {name: email, type: text}\n", ""),
+            "2.yaml:9:27: spec.attributes[1].type: table public.things is also defined by resource 'thing', "
+            "differently: column email: type text here, varchar(255) in 1.yaml:9",
+            id="column-type",
+        ),
+        pytest.param(
+            (ID + "    - {name: email, type: text}\n", ""),
+            (ID + "    - {name: email, type: int8}\n    - {name: extra, type: text}\n", ""),
+            "2.yaml:9:27: spec.attributes[1].type: table public.things is also defined by resource 'thing', "
+            "differently: column email: type bigint here, text in 1.yaml:9",
+            id="first-difference-only",
+        ),
+        pytest.param(
+            (ID + "    - {name: email, type: text}\n", ""),
+            (ID, ""),
+            "2.yaml:8:5: spec.attributes: table public.things is also defined by resource 'thing', "
+            "differently: column email: missing here, defined in 1.yaml:9",
+            id="column-missing",
+        ),
+        pytest.param(
+            (ID + "    - {name: a, type: text}\n    - {name: b, type: text}\n", ""),
+            (ID + "    - {name: b, type: text}\n    - {name: a, type: text}\n", ""),
+            "2.yaml:8:5: spec.attributes: table public.things is also defined by resource 'thing', "
+            "differently: column order: (id, b, a) here, (id, a, b) in 1.yaml:8",
+            id="column-order",
+        ),
+        pytest.param(
+            (ID + "    - {name: code, type: text, allowNull: false}\n", ""),
+            (
+                "    - {name: id, type: bigint}\n    - {name: code, type: text, allowNull: false}\n",
+                "  primaryKey: [id, code]\n",
+            ),
+            "2.yaml:7:15: spec.primaryKey: table public.things is also defined by resource 'thing', "
+            "differently: primary key: (id, code) here, (id) in 1.yaml:8",
+            id="primary-key",
+        ),
+        pytest.param(
+            (ID + "    - {name: parent_id, type: bigint, references: {resource: thing, onDelete: cascade}}\n", ""),
+            (ID + "    - {name: parent_id, type: bigint, references: {resource: thing}}\n", ""),
+            "2.yaml:9:51: spec.attributes[1].references: table public.things is also defined by resource 'thing', "
+            "differently: column parent_id: references.onDelete none here, cascade in 1.yaml:9",
+            id="reference",
+        ),
+        pytest.param(
+            (ID, "  identities:\n    - {name: unique_id, keys: [id]}\n"),
+            (ID, "  identities:\n    - {name: unique_id, keys: [id], where: id > 0}\n"),
+            "2.yaml:8:44: spec.identities[0].where: table public.things is also defined by resource 'thing', "
+            "differently: identity unique_id: where 'id > 0' here, none in 1.yaml:8",
+            id="identity",
+        ),
+        pytest.param(
+            (ID, "  checkConstraints:\n    - {name: positive, check: id > 0}\n"),
+            (ID, "  checkConstraints:\n    - {name: positive, check: id >= 0}\n"),
+            "2.yaml:8:31: spec.checkConstraints[0].check: table public.things is also defined by resource 'thing', "
+            "differently: check constraint positive: check 'id >= 0' here, 'id > 0' in 1.yaml:8",
+            id="check-constraint",
+        ),
+        pytest.param(
+            (ID, "  indexes:\n    - {fields: [id], name: things_by_id}\n"),
+            (ID, ""),
+            "2.yaml:6:10: spec.table: table public.things is also defined by resource 'thing', "
+            "differently: index things_by_id: missing here, defined in 1.yaml:8",
+            id="index-missing",
+        ),
+        pytest.param(
+            ("    - {name: org_id, type: uuid}\n" + ID, ""),
+            ("    - {name: org_id, type: uuid}\n" + ID, "  multitenancy: {strategy: attribute, attribute: org_id}\n"),
+            "2.yaml:7:17: spec.multitenancy: table public.things is also defined by resource 'thing', "
+            "differently: multitenancy: strategy attribute (org_id) here, none in 1.yaml:6",
+            id="multitenancy",
+        ),
+    ],
+)
+def test_two_resources_that_disagree_name_the_first_difference(
+    tmp_path: Path, first: tuple[str, str], second: tuple[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load(tmp_path, REPO, resource(*first), resource(*second, name="thing2"))
+    assert [str(p) for p in raised.value.problems] == [message + AGREE]
+
+
+def test_tenant_column_must_be_an_attribute(tmp_path: Path) -> None:
+    body = ID + "    - {name: code, type: text}\n"
+    with pytest.raises(ConfigError) as raised:
+        load(tmp_path, REPO, resource(body, extra="  multitenancy: {strategy: attribute, attribute: org_id}\n"))
+    assert [str(p) for p in raised.value.problems] == [
+        "1.yaml:7:50: spec.multitenancy.attribute: tenant column 'org_id' is not an attribute of this resource; "
+        "its attributes are: id, code"
+    ]
 
 
 def test_example_config_is_valid_and_looks_like_a_saas() -> None:

@@ -1,9 +1,10 @@
 """Turn schema-valid documents into the model, checking everything a JSON Schema cannot express.
 
 The checks here need more than one field or more than one document: unknown repos and reference targets,
-duplicate names, primary keys that disagree, columns named by identities and indexes, a global table pointing
-at a tenant table, types, derived names PostgreSQL would truncate. Every check records a located Problem and
-carries on, so the user sees every error at once; the model is returned only when there are none.
+duplicate names, primary keys that disagree, columns named by identities, indexes and multitenancy, resources
+that define one table differently (``conflict`` names how), a global table pointing at a tenant table, types,
+derived names PostgreSQL would truncate. Every check records a located Problem and carries on, so the user sees
+every error at once; the model is returned only when there are none.
 
 Building runs in two passes: tables first (each on its own), then references, which need every table.
 """
@@ -19,7 +20,7 @@ from typing import Any, cast
 
 from orchestrator import durations, model, pgtypes
 from orchestrator.errors import Problem
-from orchestrator.manifests import schema
+from orchestrator.manifests import conflict, schema
 from orchestrator.manifests.loader import Document, Path_
 
 MAX_NAME_BYTES = 63
@@ -194,6 +195,7 @@ class _TableBuilder:
         self._check_repo(multitenancy)
         attributes = self._attributes()
         columns = {a.name for a in attributes}
+        self._check_tenant_column(multitenancy, attributes)
         primary_key = self._primary_key(attributes, columns)
         attributes = tuple(
             replace(a, allow_null=False, primary_key=True) if a.name in primary_key else a for a in attributes
@@ -233,6 +235,19 @@ class _TableBuilder:
         if strategy == "context" and "schema" in self.spec:
             self.problem(("schema",), "a context (per-tenant) table lives in each tenant's schema; remove schema")
         return model.Multitenancy(strategy, raw.get("attribute") if strategy == "attribute" else None)
+
+    def _check_tenant_column(self, multitenancy: model.Multitenancy, attributes: tuple[model.Attribute, ...]) -> None:
+        """Under attribute multitenancy the tenant column must be one of the table's attributes."""
+        tenant = multitenancy.attribute
+        if multitenancy.strategy != "attribute" or tenant is None:
+            return
+        names = [a.name for a in attributes]
+        if tenant not in names:
+            self.problem(
+                ("multitenancy", "attribute"),
+                f"tenant column {tenant!r} is not an attribute of this resource{_did_you_mean(tenant, names)}; "
+                f"its attributes are: {', '.join(names)}",
+            )
 
     def _check_repo(self, multitenancy: model.Multitenancy) -> None:
         name = self.spec["repo"]
@@ -605,14 +620,23 @@ def _merge_duplicates(tables: list[model.Table], drafts: list[_Draft], problems:
         if first is None:
             kept[(table.repo, table.key)] = table
         elif first.canonical() != table.canonical():
-            problems.append(
-                docs[table.resource].problem(
-                    ("spec", "table"),
-                    f"table {table.key} is also defined by resource {first.resource!r} ({first.source}), differently; "
-                    "two resources on one table must agree",
-                )
-            )
+            problems.append(_conflict(table, docs[table.resource], first, docs[first.resource]))
     return list(kept.values())
+
+
+def _conflict(table: model.Table, doc: Document, first: model.Table, first_doc: Document) -> Problem:
+    """Report ``table`` disagreeing with the ``first`` resource on it, at the first part that differs."""
+    intro = f"table {table.key} is also defined by resource {first.resource!r}"
+    difference = conflict.explain(table, doc, first, first_doc)
+    if difference is None:
+        return doc.problem(
+            ("spec", "table"), f"{intro} ({first.source}), differently; two resources on one table must agree"
+        )
+    there = f"{first_doc.display}:{first_doc.locate(difference.path_there)[0]}"
+    return doc.problem(
+        conflict.written(doc, difference.path_here),
+        f"{intro}, differently: {difference.describe(there)}; two resources on one table must agree",
+    )
 
 
 def _check_names(tables: list[model.Table], drafts: list[_Draft], problems: list[Problem]) -> None:
