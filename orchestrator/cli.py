@@ -451,7 +451,7 @@ def cmd_regen(args: argparse.Namespace) -> int:
         for path in doomed:
             path.unlink()
             print(f"deleted {_shown(path, args.root)}")
-        result = generate.plan(run.cfg, run.store, name=args.name)
+        result = generate.plan(run.cfg, run.store, name=args.name, root=args.root)
         _print_plan(result, args.root, preview=False)
         result.write(state.FileStore(args.root))  # regen works on files only
         if args.migrate:
@@ -480,6 +480,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _print_plan(result: generate.Plan, root: Path, preview: bool) -> None:
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if result.empty:
         print("No changes detected, so no migrations or snapshots were written.")
         return
@@ -490,8 +492,6 @@ def _print_plan(result: generate.Plan, root: Path, preview: bool) -> None:
             print(f"    {op.describe()}")
     for snapshot in result.snapshots:
         print(f"{verb} {_shown(snapshot.path, root)}")
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     if preview:
         for path, text in result.files():
             print(f"\n==> {_shown(path, root)} <==\n{text}", end="")

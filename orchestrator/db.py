@@ -82,6 +82,27 @@ def ensure_embedded_database(repo: model.Repo, root: Path) -> None:
         embedded.ensure_database(root, repo.name)
 
 
+def database_key(repo: model.Repo, root: Path) -> str:
+    """Which database ``repo`` uses, as far as can be told without connecting: ``host:port/dbname``.
+
+    Repos with equal keys share one database, hence one ``public.schema_migrations``. A URL that cannot be
+    resolved yet (an unset variable) is compared as written; the embedded server has a database per repo.
+    """
+    try:
+        url = resolve_url(repo, root)
+    except ConfigError:
+        return f"unresolved:{repo.url_file or repo.url}"
+    if url is None:
+        return f"embedded:{repo.name}"
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return f"unparsed:{repo.name}"
+    host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST", "")
+    port = params.get("port") or os.environ.get("PGPORT", "5432")
+    return f"{host}:{port}/{database_name(url)}"
+
+
 def connect(repo: model.Repo, root: Path, *, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
     """Open a connection to the repo's database; failures name the repo, never the password."""
     ensure_embedded_database(repo, root)

@@ -4,6 +4,10 @@ Per repo and scope (global, tenant) one migration holds the ordered operations; 
 goes to a companion migration marked ``transaction:false``. Snapshots are written for the tables that changed
 only. Nothing is written when a destructive change is not allowed, or with ``check``/``dry_run``: the plan is
 computed first, completely, and files are written only at the end.
+
+Versions are unique per database: repos whose URLs name the same database share its
+``public.schema_migrations``, so a repo's new version is above every version of the other repos on that
+database (their files, and what this run gives them), not only above its own.
 """
 
 from __future__ import annotations
@@ -97,14 +101,19 @@ def run(
     """Plan every repo and, when ``write``, write the result through each repo's store.
 
     Writing holds each store's generation lock (the database store's advisory lock) from reading the snapshots
-    to writing the files, so concurrent generators produce one migration.
+    to writing the files, so concurrent generators produce one migration. The lock is the database's: repos
+    sharing a database take it once (a second connection would wait for the first).
     """
     stores = {item: state.store(state_kind, item, root) for item in cfg.repos}
+    sharing = [r for group in _shared_databases(cfg.repos, root) for r in group[1:]]
     with contextlib.ExitStack() as stack:
         if write:
-            for store in stores.values():
-                stack.enter_context(store.generating())
-        result = plan(cfg, stores.__getitem__, repo=repo, name=name, allow_destructive=allow_destructive, now=now)
+            for item, store in stores.items():
+                if item not in sharing:
+                    stack.enter_context(store.generating())
+        result = plan(
+            cfg, stores.__getitem__, repo=repo, name=name, allow_destructive=allow_destructive, now=now, root=root
+        )
         if write and not result.empty:
             for item, store in stores.items():
                 result.of_repo(item).write(store)
@@ -119,8 +128,12 @@ def plan(
     name: str | None = None,
     allow_destructive: bool = False,
     now: dt.datetime | None = None,
+    root: Path | None = None,
 ) -> Plan:
-    """Compute what ``generate-migrations`` would write; raise before anything is written."""
+    """Compute what ``generate-migrations`` would write; raise before anything is written.
+
+    ``root`` resolves the repos' URLs (``urlFile``) to tell which of them share a database (default: cwd).
+    """
     name = name or DEFAULT_NAME
     if not _NAME.match(name):
         raise BadInputError(f"--name {name!r}: use lower-case letters, digits and _ (at most 100)")
@@ -129,8 +142,11 @@ def plan(
         raise BadInputError(f"unknown repo {repo!r} (known: {', '.join(r.name for r in cfg.repos)})")
     result = Plan()
     refused: list[str] = []
+    shared = _shared_databases(cfg.repos, root or Path.cwd())
+    result.warnings += _clashes(shared, stores)
     for item in repos:
-        _plan_repo(item, cfg.tables_of(item.name), stores(item), name, allow_destructive, now, result, refused)
+        first = _first_version(_taken(item, shared, stores, result), now)
+        _plan_repo(item, cfg.tables_of(item.name), stores(item), name, allow_destructive, first, result, refused)
     if refused:
         raise DestructiveChangeError(_refusal(refused))
     return result
@@ -142,14 +158,13 @@ def _plan_repo(
     store: state.Store,
     name: str,
     allow_destructive: bool,
-    now: dt.datetime | None,
+    version: str,
     result: Plan,
     refused: list[str],
 ) -> None:
     base = Path(repo.snapshots_path)
     stored = store.read(repo.snapshots_path)
     old = {key: table for key, (_, table) in snapshots.load(stored, repo.snapshots_path, repo.name).items()}
-    version = _first_version(store, repo, now)
     installed = snapshots.load_extensions(stored, repo.snapshots_path)
     new_extensions = [e for e in repo.extensions if e not in installed]
     global_old = {k: t for k, t in old.items() if not t.is_tenant}
@@ -232,16 +247,67 @@ def _migration_text(operations: Sequence[ops.Operation], sources: str, *, concur
 
 def existing_versions(store: state.Store, repo: model.Repo) -> list[str]:
     """Versions of the migrations already in the repo's two directories."""
-    found = []
-    for path in (repo.migrations_path, repo.tenant_migrations_path):
-        found += [m.group(1) for name in store.read(path) if (m := _VERSION.match(name.rpartition("/")[2]))]
-    return sorted(found)
+    return sorted(version for directory in _files_by_version(store, repo) for version in directory)
 
 
-def _first_version(store: state.Store, repo: model.Repo, now: dt.datetime | None) -> str:
+def _files_by_version(store: state.Store, repo: model.Repo) -> list[dict[str, str]]:
+    """version -> path of the repo's global migrations, then of its tenant migrations."""
+    return [
+        {m.group(1): name for name in store.read(path) if (m := _VERSION.match(name.rpartition("/")[2]))}
+        for path in (repo.migrations_path, repo.tenant_migrations_path)
+    ]
+
+
+def _shared_databases(repos: Sequence[model.Repo], root: Path) -> list[list[model.Repo]]:
+    """The groups of repos that share a database (by ``db.database_key``), each of two repos or more."""
+    if len(repos) < 2:
+        return []
+    from orchestrator import db  # psycopg only when several repos could share a database
+
+    groups: dict[str, list[model.Repo]] = {}
+    for repo in repos:
+        groups.setdefault(db.database_key(repo, root), []).append(repo)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def _taken(
+    repo: model.Repo,
+    shared: Sequence[Sequence[model.Repo]],
+    stores: Callable[[model.Repo], state.Store],
+    result: Plan,
+) -> list[str]:
+    """Versions a new migration of ``repo`` must be above: its own, those of the other repos on its database,
+    and those this run already gave them."""
+    peers = [p for group in shared if repo in group for p in group if p is not repo]
+    taken = existing_versions(stores(repo), repo)
+    for peer in peers:
+        taken += existing_versions(stores(peer), peer)
+    names = {p.name for p in peers}
+    taken += [m.path.name[:14] for m in result.migrations if m.repo in names]
+    return sorted(taken)
+
+
+def _clashes(shared: Sequence[Sequence[model.Repo]], stores: Callable[[model.Repo], state.Store]) -> list[str]:
+    """Warnings for versions two repos on one database both use already (files made before versions were
+    shared, or by hand): only one of the two can ever be recorded in that database."""
+    warnings = []
+    for group in shared:
+        files_of = {repo.name: _files_by_version(stores(repo), repo) for repo in group}
+        for i, repo in enumerate(group):
+            for other in group[i + 1 :]:
+                for mine, theirs in zip(files_of[repo.name], files_of[other.name], strict=True):
+                    warnings += [
+                        f"{repo.name}: {mine[v]} and {theirs[v]} (repo {other.name}) have the same version and one "
+                        "database: only one of them can be applied there; give the one not applied yet a new "
+                        "version (rename it)"
+                        for v in sorted(mine.keys() & theirs.keys())
+                    ]
+    return warnings
+
+
+def _first_version(taken: Sequence[str], now: dt.datetime | None) -> str:
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d%H%M%S")
-    existing = existing_versions(store, repo)
-    return stamp if not existing or stamp > existing[-1] else _next(existing[-1])
+    return stamp if not taken or stamp > taken[-1] else _next(taken[-1])
 
 
 def _next(version: str) -> str:

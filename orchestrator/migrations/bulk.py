@@ -3,7 +3,8 @@
 django-tenants asks each schema in turn, which makes a no-op over thousands of tenants take minutes. Here one
 query finds which tenant schemas exist and have a ``schema_migrations`` (with our columns or Ecto's only),
 then one ``UNION ALL`` query per batch of tenants reads their rows. A rollout only opens a connection for the
-tenants that are behind.
+tenants that are behind. A tenant whose ``schema_migrations`` is another tool's (dbmate's, ...) is not read:
+its ``applied`` is a ``ForeignTable``, which the planner refuses, so that tenant fails and the others go on.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from orchestrator.migrations import recorder
 from orchestrator.migrations.recorder import Applied
 
 BATCH = 500
@@ -27,16 +29,7 @@ class TenantState:
     has_table: bool = False
     adopted: bool = False  # our columns (name, checksum, duration_ms) are there
     applied: dict[int, Applied] = field(default_factory=dict)
-
-
-_TABLES = """
-SELECT n.nspname, count(a.attname) FILTER (WHERE a.attname IN ('name', 'checksum', 'duration_ms'))
-FROM pg_catalog.pg_class c
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND NOT a.attisdropped
-WHERE c.relname = 'schema_migrations' AND c.relkind IN ('r', 'p') AND n.nspname = ANY (%s)
-GROUP BY n.nspname
-"""
+    foreign: str | None = None  # why its schema_migrations is another tool's (then applied is a ForeignTable)
 
 
 def states(conn: psycopg.Connection[Any], tenants: Sequence[str], batch: int = BATCH) -> dict[str, TenantState]:
@@ -45,10 +38,14 @@ def states(conn: psycopg.Connection[Any], tenants: Sequence[str], batch: int = B
     names = list(tenants)
     for (name,) in conn.execute("SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname = ANY (%s)", (names,)):
         result[name].exists = True
-    for name, ours in conn.execute(_TABLES, (names,)).fetchall():
-        result[name].has_table = True
-        result[name].adopted = ours == 3
-    with_rows = [t for t in tenants if result[t].has_table]
+    for name, columns in recorder.layouts(conn, names).items():
+        found = result[name]
+        found.has_table = True
+        found.foreign = recorder.foreign_layout(name, columns)
+        if found.foreign:
+            found.applied = recorder.ForeignTable(found.foreign)
+        found.adopted = not found.foreign and {c.name for c in columns} >= set(recorder.OURS)
+    with_rows = [t for t in tenants if result[t].has_table and not result[t].foreign]
     for start in range(0, len(with_rows), batch):
         for tenant, version, name, checksum in conn.execute(_union(with_rows[start : start + batch], result)):
             result[tenant].applied[int(version)] = Applied(int(version), name, checksum)

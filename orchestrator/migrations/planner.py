@@ -5,6 +5,12 @@ than the newest applied (a branch merged late); ``strict`` refuses that instead.
 from the one recorded when it was applied blocks ``migrate`` until it is restored or ``repair`` records the new
 sum. Rollback takes the newest applied migrations, from their files or, when a file is gone, from the text
 stored when it was applied.
+
+A row recorded under another name than the file of its version is not an edit but a *version conflict*: two
+migrations (typically of two repos sharing one database, hence one ``schema_migrations``) got the same version.
+Nothing is planned and nothing is repaired while one exists: ``repair`` would otherwise record this file's
+checksum onto the other migration's row and mark a migration that never ran as applied. A target whose
+``schema_migrations`` is another tool's (``recorder.ForeignTable``) is refused the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from pathlib import Path
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.migrations import files
-from orchestrator.migrations.recorder import Applied
+from orchestrator.migrations.recorder import Applied, ForeignTable
 
 
 class PlanError(OrchestratorError):
@@ -28,8 +34,51 @@ class Edited:
     recorded: str
 
 
+@dataclass(frozen=True)
+class Conflict:
+    migration: files.MigrationFile
+    recorded: str  # the name the version's row was recorded under
+
+
+def conflicts(migrations: Sequence[files.MigrationFile], applied: Mapping[int, Applied]) -> list[Conflict]:
+    """Files whose version is recorded under another name (rows without a name, from Ecto, are trusted)."""
+    return [
+        Conflict(m, str(row.name))
+        for m in migrations
+        if (row := applied.get(m.version)) is not None and row.name and row.name != m.name
+    ]
+
+
+def check_conflicts(migrations: Sequence[files.MigrationFile], applied: Mapping[int, Applied]) -> None:
+    """Raise PlanError naming every version conflict (see the module's doc)."""
+    found = conflicts(migrations, applied)
+    if not found:
+        return
+    newest = max([*applied, *(m.version for m in migrations)])
+    each = "; ".join(
+        f"version {c.migration.version} is recorded as applied under the name {c.recorded!r}, but its file here "
+        f"is {c.migration.path} (name {c.migration.name!r})"
+        for c in found
+    )
+    raise PlanError(
+        f"version conflict: {each}. Versions must be unique per database: two migrations share a version (another "
+        "repo's on the same database, or a renamed file), so this file is neither applied nor edited here: "
+        f"nothing was run, and 'repair' will not record it. Give the file a new version above {newest} "
+        "(rename it), or restore the name of a renamed file"
+    )
+
+
+def _check_foreign(applied: Mapping[int, Applied]) -> None:
+    if isinstance(applied, ForeignTable):
+        raise PlanError(applied.reason)
+
+
 def edited(migrations: Sequence[files.MigrationFile], applied: Mapping[int, Applied]) -> list[Edited]:
-    """Applied migrations whose file changed since (rows without a checksum, from Ecto, are trusted)."""
+    """Applied migrations whose file changed since (rows without a checksum, from Ecto, are trusted).
+
+    Raises PlanError on a version conflict: such a row is another migration's, never an edit to repair.
+    """
+    check_conflicts(migrations, applied)
     return [
         Edited(m, str(applied[m.version].checksum))
         for m in migrations
@@ -45,7 +94,9 @@ def pending(
     step: int | None = None,
     strict: bool = False,
 ) -> list[files.MigrationFile]:
-    """Return the migrations to apply, in order; raise PlanError when an edited file blocks them."""
+    """Return the migrations to apply, in order; raise PlanError when an edited file, a version conflict or
+    another tool's bookkeeping table blocks them."""
+    _check_foreign(applied)
     changed = edited(migrations, applied)
     if changed:
         names = ", ".join(str(e.migration.path) for e in changed)
@@ -71,7 +122,9 @@ def rollback(
     step: int | None = None,
     to: int | None = None,
 ) -> list[files.MigrationFile]:
-    """Return the migrations to roll back, newest first (default: one)."""
+    """Return the migrations to roll back, newest first (default: one); never another migration's row."""
+    _check_foreign(applied)
+    check_conflicts(migrations, applied)
     versions = sorted(applied, reverse=True)
     if to is not None:
         versions = [v for v in versions if v > to]

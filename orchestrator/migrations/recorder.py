@@ -5,6 +5,10 @@ nullable columns of ours (``name``, ``checksum``, ``duration_ms``), so an existi
 adopted as it is: its rows mean "applied", our columns are added. Having a row always means the migration is
 applied: the row is written in the migration's own transaction.
 
+A ``schema_migrations`` of another layout (dbmate's ``version varchar PRIMARY KEY``, golang-migrate's ``dirty``
+flag, ...) belongs to another tool: it is refused before anything is changed (``ForeignTableError``), never
+altered, because that tool reads the same rows and would break on ours.
+
 The ``orchestrator`` schema keeps what must outlive files and processes:
 
 * ``migrations`` — the text of every applied migration, per scope (global or tenant), so a rollback works when
@@ -15,13 +19,18 @@ The ``orchestrator`` schema keeps what must outlive files and processes:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from orchestrator.errors import OrchestratorError
+
 SCHEMA = "orchestrator"
+OURS = ("name", "checksum", "duration_ms")
+"""The nullable columns orchestrator adds to Ecto's table."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,83 @@ class Applied:
     version: int
     name: str | None
     checksum: str | None
+
+
+class ForeignTableError(OrchestratorError):
+    """A target's ``schema_migrations`` has another tool's layout; refused before anything was changed."""
+
+
+class ForeignTable(dict[int, Applied]):
+    """What a target whose ``schema_migrations`` is another tool's has applied: nothing of ours, and why.
+
+    The planner refuses to plan for it (``reason`` is the message), so a tenant rollout fails that tenant only.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # format_type(): bigint, character varying(128), timestamp(0) without time zone, ...
+    required: bool  # NOT NULL without a default: an INSERT must give it
+
+
+_COLUMNS = """
+SELECT n.nspname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull AND NOT a.atthasdef
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.relname = 'schema_migrations' AND c.relkind IN ('r', 'p') AND n.nspname = ANY (%s)
+ORDER BY n.nspname, a.attnum
+"""
+
+
+def layouts(conn: psycopg.Connection[Any], schemas: Sequence[str]) -> dict[str, list[Column]]:
+    """The columns of each schema's ``schema_migrations`` (one query; schemas without one are left out)."""
+    found: dict[str, list[Column]] = {}
+    for schema, name, type_, required in conn.execute(_COLUMNS, (list(schemas),)).fetchall():
+        found.setdefault(str(schema), []).append(Column(str(name), str(type_), bool(required)))
+    return found
+
+
+def foreign_layout(schema: str, columns: Sequence[Column]) -> str | None:
+    """Why ``schema``'s ``schema_migrations`` cannot be shared (None: Ecto's or ours, adopted as it is).
+
+    One line, since a tenant's failure shows the first line of its error.
+    """
+    by_name = {c.name: c for c in columns}
+    version = by_name.get("version")
+    problems = []
+    if version is None:
+        problems.append("no version column")
+    elif version.type != "bigint":
+        problems.append(f"version is {version.type}, not bigint")
+    if "inserted_at" not in by_name:
+        problems.append("no inserted_at column")
+    problems += [
+        f"{c.name} is NOT NULL without a default"
+        for c in columns
+        if c.required and c.name not in ("version", "inserted_at", *OURS)
+    ]
+    if not problems:
+        return None
+    table = f"{schema}.schema_migrations"
+    dbmate = version is not None and version.type.startswith("character varying") and set(by_name) <= {"version", *OURS}
+    owner = "dbmate's table layout" if dbmate else "a foreign table layout (another migration tool's)"
+    way = (
+        f"rename it (ALTER TABLE {table} RENAME TO dbmate_migrations) and run dbmate with "
+        f"--migrations-table {schema}.dbmate_migrations"
+        if dbmate
+        else "rename it and point that tool at the new name"
+    )
+    return (
+        f"{table} has {owner} ({'; '.join(problems)}), not the Ecto layout orchestrator records in "
+        f"(version bigint PRIMARY KEY, inserted_at timestamp(0)); nothing was changed. Way forward: give "
+        f"orchestrator a database or schema of its own, or keep the other tool's bookkeeping apart: {way}"
+    )
 
 
 def _table(schema: str) -> sql.Identifier:
@@ -45,14 +131,14 @@ def ensure_target(conn: psycopg.Connection[Any], schema: str, *, lock_timeout_ms
     """Create or adopt one target's ``schema_migrations``; nothing (one query) when it is already ours.
 
     Adopting takes an ACCESS EXCLUSIVE lock for the ALTER, so it runs only when columns are missing, and under
-    ``lock_timeout`` so a reader holding the table cannot make every runner queue behind it.
+    ``lock_timeout`` so a reader holding the table cannot make every runner queue behind it. Another tool's
+    table raises ``ForeignTableError`` before anything is changed.
     """
-    row = conn.execute(
-        "SELECT count(*) FROM information_schema.columns WHERE table_schema = %s AND table_name = "
-        "'schema_migrations' AND column_name IN ('version', 'name', 'checksum', 'duration_ms')",
-        (schema,),
-    ).fetchone()
-    if row and row[0] == 4:
+    columns = layouts(conn, [schema]).get(schema, [])
+    reason = foreign_layout(schema, columns) if columns else None
+    if reason:
+        raise ForeignTableError(reason)
+    if {c.name for c in columns} >= set(OURS):
         return
     conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{lock_timeout_ms}ms",))
     _run_all(
@@ -130,19 +216,20 @@ def exists(conn: psycopg.Connection[Any], schema: str) -> bool:
 def applied(conn: psycopg.Connection[Any], schema: str, *, adopted: bool = False) -> dict[int, Applied]:
     """Return the applied migrations of a target by version (none when it has no bookkeeping yet).
 
-    ``adopted``: the caller knows the table exists with our columns (one query instead of three).
+    ``adopted``: the caller knows the table exists with our columns (one query instead of two). Another tool's
+    table raises ``ForeignTableError``.
     """
     if adopted:
         query = sql.SQL("SELECT version, name, checksum FROM {} ORDER BY version").format(_table(schema))
         return {int(r[0]): Applied(int(r[0]), r[1], r[2]) for r in conn.execute(query).fetchall()}
-    if not exists(conn, schema):
+    found = layouts(conn, [schema]).get(schema)
+    if not found:
         return {}
-    has_ours = conn.execute(
-        "SELECT count(*) FROM information_schema.columns WHERE table_schema = %s AND table_name = "
-        "'schema_migrations' AND column_name IN ('name', 'checksum')",
-        (schema,),
-    ).fetchone()
-    columns = sql.SQL("version, name, checksum" if has_ours and has_ours[0] == 2 else "version, NULL, NULL")
+    reason = foreign_layout(schema, found)
+    if reason:
+        raise ForeignTableError(reason)
+    ours = {c.name for c in found} >= {"name", "checksum"}
+    columns = sql.SQL("version, name, checksum" if ours else "version, NULL, NULL")
     rows = conn.execute(sql.SQL("SELECT {} FROM {} ORDER BY version").format(columns, _table(schema))).fetchall()
     return {int(r[0]): Applied(int(r[0]), r[1], r[2]) for r in rows}
 
