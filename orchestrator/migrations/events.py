@@ -194,8 +194,8 @@ class Failed(Event):
             "attempts": self.attempts,
         }
 
-    def text(self) -> str:
-        return f"{self.target.name}: failed after {self.attempts} attempt(s): {self.error}"
+    def text(self) -> None:
+        return None  # a terminal shows the failure once, as the command's error (or in the tenant table)
 
 
 @dataclass(frozen=True)
