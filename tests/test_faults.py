@@ -359,3 +359,49 @@ def _abandoned_in_status(port: int) -> dict[str, Any]:
     status: dict[str, Any] = json.loads(_http(port, "/status"))
     assert any(e["event"] == "connection.abandoned" for e in status["recent_events"]), status["recent_events"]
     return status
+
+
+STORM_TENANTS, STORM_RUNS = (120, 5) if SOAK else (120, 1)
+
+
+def test_reset_storms_fail_no_tenant(tmp_path: Path, database_url: str) -> None:
+    """Every open connection reset at once, every 0.3-1.5 s, while 120 tenants migrate (and roll back, in the
+    soak): with 30 attempts of 100 ms-1 s, no tenant may run out of attempts."""
+    project = Project(tmp_path, database_url)
+    project.generate(1)
+    project.generate(2)
+    path = project.root / "config/repo.yaml"
+    path.write_text(path.read_text().replace("retry: {attempts: 20, initialDelay: 50ms, maxDelay: 1s}", RETRY_30))
+    assert RETRY_30 in path.read_text()
+    assert project.cli("migrate").code == 0
+    tenants = names(STORM_TENANTS)
+    project.register(tenants)
+    runs, attempts_max, retried = [], 0, 0
+    with FaultProxy(database_url, seed=SEED + 4, kinds=("storm",), every=(0.3, 1.5)) as proxy:
+        for run in range(STORM_RUNS):
+            for step in ("migrate",) if run == 0 else ("rollback", "migrate"):
+                proxy.armed.set()
+                result = project.cli(step, "--tenants", "--json", url=proxy.url())
+                proxy.armed.clear()
+                assert result.code == 0, result.err[-3000:]
+                report = json.loads(result.out)["repos"][0]["tenants"]
+                failed = [t for t in report if t["status"] == "failed"]
+                assert failed == [], failed
+                attempts_max = max(attempts_max, *(t["attempts"] for t in report))
+                retried += sum(t["attempts"] > 1 for t in report)
+                checked = project.check(tenants, finished=step == "migrate")
+                runs.append(f"{step}:{proxy.faults['storm']}")
+    assert proxy.faults["storm"] >= 3 and proxy.reset_by_storms >= 10, "the storms reset connections"
+    figures(
+        "reset storms",
+        tenants=checked.tenants,
+        rollouts=len(runs),
+        storms=proxy.faults["storm"],
+        connections_reset=proxy.reset_by_storms,
+        tenants_retried=retried,
+        most_attempts=attempts_max,
+        failed=0,
+    )
+
+
+RETRY_30 = "retry: {attempts: 30, initialDelay: 100ms, maxDelay: 1s}"
