@@ -83,6 +83,17 @@ def _busy(conn: psycopg.Connection[Any]) -> bool:
         return False
 
 
+def _answers(conn: psycopg.Connection[Any]) -> bool:
+    """Does the connection still answer (so that closing it ends its session)? One round trip."""
+    if conn.closed or conn.broken:
+        return False
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
 def shut(sock: socket.socket) -> None:
     """Shut a socket down in both directions: a call blocked on it returns at once."""
     with contextlib.suppress(OSError):
@@ -143,10 +154,11 @@ class Watchdog:
         with self._lock:
             entry = self._watched.get(id(conn))
         pid, started = (entry.pid, entry.backend_start) if entry is not None else (session or (0, None))
+        alive = entry is not None and _answers(conn)  # watched while it answers: a frozen one is cut loose
         self.forget(conn)
         with contextlib.suppress(Exception):
             conn.close()
-        if not (entry is not None and entry.abandoned):
+        if not alive and not (entry is not None and entry.abandoned):
             self.retire((pid, started))
 
     @contextlib.contextmanager

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import config, db, model
 from orchestrator.daemon import metrics, reconcile
-from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.errors import ConfigError, OrchestratorError, Problem
 
 if TYPE_CHECKING:
     from orchestrator.migrations import events
@@ -76,7 +76,7 @@ class Service:
     log: Any = None
     cfg: model.Config | None = None
     report: reconcile.Report | None = None
-    problems: list[Any] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     fingerprint: str = ""
     ready: bool = False
     last_success: float | None = None

@@ -12,12 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from psycopg import sql
 
 from orchestrator.migrations import files
 from orchestrator.migrations.target import Direction, Target
+
+if TYPE_CHECKING:
+    from orchestrator.migrations.rollout import TenantResult
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 
@@ -202,11 +205,10 @@ class Failed(Event):
 class TenantFinished(Event):
     """One tenant's outcome in a rollout (``result`` is a ``rollout.TenantResult``)."""
 
-    result: Any = None
+    result: TenantResult = None  # type: ignore[assignment]  # always given; a default only for field order
 
     def fields(self) -> dict[str, Any]:
-        r = self.result
-        return {"status": r.status, "applied": r.applied, "attempts": r.attempts, "error": r.error, "ms": r.ms}
+        return {k: v for k, v in self.result.as_dict().items() if k != "tenant"}
 
     @property
     def event_name(self) -> str:

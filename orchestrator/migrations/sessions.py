@@ -56,6 +56,18 @@ class ControlPlane(Protocol):
     def close(self) -> None: ...
 
 
+def repeat(
+    policy: model.Retry, connection: Callable[[], contextlib.AbstractContextManager[Conn]], call: Callable[[Conn], T]
+) -> T:
+    """Run a repeatable ``call`` on a connection from ``connection``; after a transient error, again on a new one."""
+
+    def attempt() -> T:
+        with connection() as conn:
+            return call(conn)
+
+    return retry.run(policy, attempt)
+
+
 @dataclass
 class SingleControl:
     """One control connection, opened again when it is lost (the CLI's control plane)."""
@@ -69,11 +81,7 @@ class SingleControl:
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def run(self, call: Callable[[Conn], T]) -> T:
-        def attempt() -> T:
-            with self.connection() as conn:
-                return call(conn)
-
-        return retry.run(self.policy, attempt)
+        return repeat(self.policy, self.connection, call)
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Conn]:
@@ -103,6 +111,8 @@ class SingleControl:
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
+            with contextlib.suppress(psycopg.Error):  # watched while it says goodbye (it may be frozen)
+                self.watchdog.watch(conn).backend_start = self._session[1] if self._session else None
             self.watchdog.close_connection(conn, session=self._session)
 
 
@@ -147,11 +157,7 @@ class PooledControl:
             ConnectionPool.check_connection(conn)
 
     def run(self, call: Callable[[Conn], T]) -> T:
-        def attempt() -> T:
-            with self.connection() as conn:
-                return call(conn)
-
-        return retry.run(self.policy, attempt)
+        return repeat(self.policy, self.connection, call)
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Conn]:
