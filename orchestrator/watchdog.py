@@ -41,7 +41,8 @@ from psycopg.pq import TransactionStatus
 OnAbandon = Callable[[int, str], None]
 
 _PROBE = """
-SELECT p.pid, a.state, extract(epoch FROM a.state_change)::float8, extract(epoch FROM clock_timestamp())::float8
+SELECT p.pid, a.state, extract(epoch FROM a.state_change)::float8, extract(epoch FROM clock_timestamp())::float8,
+    a.backend_start
 FROM unnest(%s::int[]) AS p(pid) LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid
 """
 
@@ -175,9 +176,11 @@ class Watchdog:
             entries, self._watched = list(self._watched.values()), {}
         for entry in entries:
             entry.sock.close()
-        if self._orphans:
+        if self._orphans or self._probe is not None:
             self._start()  # the guard must be running: the sweep's own connection may be frozen too
             with self._probing:
+                if self._probe is not None and not self._probe_answers():
+                    self._drop_probe()  # frozen itself: its session is swept from a new connection
                 self._sweep(final=True)
         self._stop.set()
         for thread in self._threads:
@@ -251,8 +254,10 @@ class Watchdog:
             busy.append(entry)
         return busy
 
-    def _judge(self, entry: Watched, view: dict[int, tuple[str | None, float | None, float]]) -> None:
-        state, changed, server_now = view[entry.pid]
+    def _judge(self, entry: Watched, view: dict[int, tuple[str | None, float | None, float, Any]]) -> None:
+        state, changed, server_now, started = view[entry.pid]
+        if entry.backend_start is None:
+            entry.backend_start = started  # so that an abandoned session can be terminated
         if state is None:
             self._abandon(entry, "its server session is gone")
             return
@@ -267,7 +272,7 @@ class Watchdog:
                 f"the server has been {state} for {server_now - (changed or server_now):.1f} s while the client waited",
             )
 
-    def _server_view(self, pids: list[int]) -> dict[int, tuple[str | None, float | None, float]] | None:
+    def _server_view(self, pids: list[int]) -> dict[int, tuple[str | None, float | None, float, Any]] | None:
         try:
             conn = self._probe_connection()
             self._probe_started = time.monotonic()
@@ -278,7 +283,7 @@ class Watchdog:
         except psycopg.Error:
             self._drop_probe()
             return None
-        return {int(pid): (state, changed, float(now)) for pid, state, changed, now in rows}
+        return {int(pid): (state, changed, float(now), started) for pid, state, changed, now, started in rows}
 
     def _sweep(self, *, final: bool) -> None:
         """End the server sessions of connections we let go of that the server still has.
@@ -335,6 +340,16 @@ class Watchdog:
             finally:
                 self._probe_started = None
         return self._probe
+
+    def _probe_answers(self) -> bool:
+        probe = self._probe
+        if probe is None:
+            return False
+        self._probe_started = time.monotonic()
+        try:
+            return _answers(probe)
+        finally:
+            self._probe_started = None
 
     def _drop_probe(self, *, retire: bool = True) -> None:
         """Close the probe connection; after a failure its session is swept later like any other orphan."""

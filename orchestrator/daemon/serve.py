@@ -2,8 +2,9 @@
 
 uvicorn runs the HTTP server in the main thread; SIGTERM/SIGINT make it shut down (uvicorn would re-raise the
 signal afterwards and the process would die of it, so ``_Server`` only asks it to exit). Then the service's
-``stopping`` flag makes jobs start nothing new, and ``scheduler.shutdown(wait=True)`` lets a running migration
-finish (its advisory lock is released on the way out) before the process exits 0.
+``stopping`` flag makes jobs start nothing new, and a running job gets ``GRACE_S`` to finish (its advisory
+locks are released on the way out) before the process exits 0; past that (a job that cannot end, a database
+that stopped answering) the process leaves anyway, logging it at error, and PostgreSQL releases its locks.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import datetime as dt
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +43,19 @@ def token(token_file: Path | None) -> str | None:
     return os.environ.get("ORCHESTRATOR_API_TOKEN") or None
 
 
-def serve(service: Service, *, interval_s: float, host: str, port: int, api_token: str | None) -> int:
+GRACE_S = 25.0
+"""How long a running job may take to finish after SIGTERM: below Kubernetes' default 30 s grace period."""
+
+
+def serve(
+    service: Service,
+    *,
+    interval_s: float,
+    host: str,
+    port: int,
+    api_token: str | None,
+    grace_s: float = GRACE_S,
+) -> int:
     logs.configure()
     logs.capture_stdlib()
     service.log = logs.get("daemon")
@@ -72,7 +86,13 @@ def serve(service: Service, *, interval_s: float, host: str, port: int, api_toke
         _Server(config).run()
     finally:
         service.stopping.set()
-        scheduler.shutdown(wait=True)
+        scheduler.shutdown(wait=False)
+        if not service.idle(timeout=grace_s):
+            # A job still running after the grace period (a migration that will not end, a database that does
+            # not answer): leave now, before the kubelet's SIGKILL; PostgreSQL releases the session's locks.
+            service.log.error("serve.stop_forced", grace_s=grace_s, reason="a job was still running")
+            sys.stderr.flush()
+            os._exit(0)
         service.close()
         service.log.info("serve.stop")
     return 0

@@ -107,6 +107,13 @@ class Service:
         if self._endpoints is not None:
             self._endpoints.close()
 
+    def idle(self, *, timeout: float) -> bool:
+        """Wait until no job runs (``stopping`` makes them start nothing new); False if one still runs."""
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._lock.release()
+        return True
+
     # -- jobs ----------------------------------------------------------------------------------------------
 
     def reconcile_job(self) -> None:

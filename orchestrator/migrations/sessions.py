@@ -139,7 +139,6 @@ class PooledControl:
             max_size=4,
             max_idle=60,  # below the server's idle_session_timeout for our sessions
             max_lifetime=30 * 60,
-            reconnect_timeout=0,  # the caller's retry policy decides; a failing pool does not give up for good
             open=False,
             name="control",
         )
