@@ -9,7 +9,10 @@ while armed, picks a live connection at random moments and does one of:
 * ``hiccup``: nothing forwarded for a while, then forwarding resumes (a congested link);
 * ``freeze``: nothing forwarded ever again, both sockets left open (half-open: a dead middlebox, a hung sidecar
   proxy or a lost NAT entry; the kernel keeps ACKing, so TCP keepalives never fire);
-* ``storm``: every open connection reset at once (a restarted load balancer or pgbouncer).
+* ``storm``: every open connection reset at once (a restarted load balancer or pgbouncer);
+* ``storm-leak``: a storm in which the proxy forgets the server side of some connections (``LEAK_RATIO``)
+  instead of closing it (a proxy whose client-side state was lost): PostgreSQL keeps those sessions, idle and
+  holding their locks, until something ends them.
 
 The server side is always closed when the client side is, so PostgreSQL sees the loss and rolls back what that
 session had open, as it would with a real network failure. The proxy is deterministic for a given seed in
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 
 from psycopg import conninfo
 
+LEAK_RATIO = 0.1
 KINDS = ("reset", "stall", "hiccup")
 """The default mix; ``freeze`` and ``storm`` are chosen explicitly (``kinds=("freeze",)``)."""
 
@@ -41,6 +45,7 @@ class _Pair:
     server: socket.socket
     pause_until: float = 0.0
     reset_at: float | None = None
+    leak: bool = False  # on reset, keep the server side open (never read, never closed until the proxy stops)
     closed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -51,7 +56,7 @@ class _Pair:
             self.closed = True
         if rst:  # SO_LINGER with a zero timeout: close() sends RST instead of FIN
             self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        for sock in (self.client, self.server):
+        for sock in (self.client,) if self.leak else (self.client, self.server):
             with contextlib.suppress(OSError):
                 sock.close()
 
@@ -84,6 +89,7 @@ class FaultProxy:
         self.faults: collections.Counter[str] = collections.Counter()
         self.connections = 0
         self._pairs: list[_Pair] = []
+        self._leaked: list[_Pair] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -110,6 +116,9 @@ class FaultProxy:
             pairs = list(self._pairs)
         for pair in pairs:
             pair.close(rst=False)
+        for pair in self._leaked:
+            with contextlib.suppress(OSError):
+                pair.server.close()
 
     @property
     def total(self) -> int:
@@ -180,9 +189,12 @@ class FaultProxy:
             pair = self._random.choice(live)
             kind = self._random.choice(self.kinds)
             now = time.monotonic()
-            if kind == "storm":
+            if kind in ("storm", "storm-leak"):
                 for each in live:
+                    each.leak = kind == "storm-leak" and self._random.random() < LEAK_RATIO
                     each.reset_at = now
+                    if each.leak:
+                        self._leaked.append(each)
                 self.reset_by_storms += len(live)
             elif kind == "freeze":
                 pair.pause_until = math.inf  # never forwarded again; closed only when the proxy stops
