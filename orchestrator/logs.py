@@ -66,6 +66,7 @@ def capture_stdlib(*, level: int = logging.WARNING) -> None:
     # it could not end on a lost connection: both are said better by our own events. Their errors still show.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("psycopg").setLevel(logging.ERROR)
+    logging.captureWarnings(True)  # Python warnings (platformdirs, ...) as log lines too, not raw text
 
 
 def get(name: str) -> Any:

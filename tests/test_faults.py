@@ -326,6 +326,11 @@ def test_half_open_connections_in_the_daemon(tmp_path: Path, database_url: str) 
             code = _stop(daemon, project)
         assert code == 0, project.logged()[-5000:]
         assert _sessions_left(database_url) == [], "an orchestrator session outlived the daemon"
+    lines = [line for line in project.logged().splitlines() if line.strip()]
+    logged = [json.loads(line) for line in lines]  # every line of the daemon's log is JSON, psycopg's included
+    assert all("event" in entry and "level" in entry for entry in logged)
+    warned = [e for e in logged if e["event"] == "connection.abandoned"]
+    assert warned and all(e["level"] == "warning" and e["repo"] == "app" for e in warned)
     abandoned = [e for e in status["recent_events"] if e["event"] == "connection.abandoned"]
     assert all(e["repo"] == "app" and e["reason"] and e["backend_pid"] for e in abandoned)
     assert re.search(r'orchestrator_connections_abandoned_total\{repo="app"\} [1-9]', metrics)
