@@ -12,19 +12,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
-from typing import IO
+from typing import IO, Any, TypeVar
 
 import psycopg
 import pytest
 from psycopg import conninfo, sql
+from psycopg.rows import dict_row
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -131,3 +135,68 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def wait_for(
+    check: Callable[[], T],
+    what: str,
+    *,
+    timeout: float = 60,
+    interval: float = 0.05,
+    ignore: tuple[type[BaseException], ...] = (),
+    process: Popen[str] | None = None,
+) -> T:
+    """Poll ``check`` until it returns something truthy, and return that; fail naming ``what`` after ``timeout`` s.
+
+    For tests that must wait for a state (a session waiting for a lock, a table created by a daemon) instead of
+    sleeping and hoping: the bound is generous, so only a state that never comes fails, however loaded the machine.
+    Exceptions of the ``ignore`` types count as "not yet". When ``process`` (the one expected to bring the state
+    about) exits first, fail at once with its exit code and output.
+    """
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        if process is not None and process.poll() is not None:
+            out, err = process.communicate()
+            raise AssertionError(f"the process exited ({process.returncode}) before {what}:\n{out}\n{err}")
+        try:
+            result = check()
+            if result:
+                return result
+        except ignore as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last!r})" if last else ""
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def sessions(url: str, where: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
+    """The orchestrator's live sessions (``application_name = 'orchestrator'``) on ``url``'s database that match
+    ``where``, a condition on ``pg_stat_activity`` columns (pid, state, wait_event_type, query, query_start, ...)
+    with ``%s`` placeholders for ``params`` (a literal ``%`` is written ``%%``).
+
+    Other databases on the server (other tests, other checkouts) are never looked at.
+    """
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        return _sessions(conn, where, params)
+
+
+def wait_for_session(
+    url: str, where: str, what: str, params: Sequence[object] = (), process: Popen[str] | None = None
+) -> dict[str, Any]:
+    """Wait until an orchestrator session on ``url``'s database matches ``where`` (see :func:`sessions`); return
+    its ``pg_stat_activity`` row. One connection polls, so a short-lived state (a 200 ms lock wait) is seen.
+    ``process``: see :func:`wait_for`."""
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        return wait_for(lambda: _sessions(conn, where, params), what, process=process)[0]
+
+
+def _sessions(conn: psycopg.Connection[dict[str, Any]], where: str, params: Sequence[object]) -> list[dict[str, Any]]:
+    # autocommit (the callers' connections): inside a transaction PostgreSQL keeps serving its first snapshot of
+    # pg_stat_activity, and the poll would never see the state change
+    query = sql.SQL(
+        "SELECT * FROM pg_stat_activity WHERE application_name = 'orchestrator' AND datname = current_database() "
+        "AND pid <> pg_backend_pid() AND ({})"
+    ).format(sql.SQL(where))  # a test's own condition text, never outside input
+    return conn.execute(query, params).fetchall()

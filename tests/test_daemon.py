@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import columns, run_cli, write
+from tests.conftest import columns, run_cli, wait_for, write
 from tests.harness import res
 
 REPO = """apiVersion: orchestrator/v1
@@ -97,16 +97,9 @@ class Daemon:
         return self.proc.returncode, err
 
 
-def eventually(check: Callable[[], bool], seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (OSError, psycopg.Error):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"not true within {seconds} s")
+def eventually(check: Callable[[], bool], seconds: float = 60) -> None:
+    """Poll ``check`` (an HTTP call or a query: the daemon may not be listening yet, or a table not created)."""
+    wait_for(check, f"{check.__qualname__} to hold", timeout=seconds, interval=0.2, ignore=(OSError, psycopg.Error))
 
 
 def manifests(directory: Path, extra: str = "") -> None:

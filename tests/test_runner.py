@@ -6,18 +6,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from orchestrator import state_db
-from tests.conftest import Result, run_cli, start_cli, with_dbname, write
+from tests.conftest import Result, run_cli, sessions, start_cli, wait_for, wait_for_session, with_dbname, write
 
 REPOS = """apiVersion: orchestrator/v1
 kind: Repo
@@ -185,6 +185,16 @@ def test_four_processes_apply_each_migration_exactly_once(env: Env) -> None:
     assert applied_lines == 6
 
 
+LOCK_WAIT = "wait_event_type = 'Lock' AND starts_with(query, 'ALTER TABLE busy')"
+"""A runner session waiting for the blocker's lock on busy (a condition for conftest.sessions)."""
+IN_SLEEP = "state = 'active' AND xact_start IS NOT NULL AND starts_with(query, 'SELECT pg_sleep(4)')"
+"""A runner session inside the long statement of a migration."""
+
+
+def waiting_on(session: dict[str, Any]) -> tuple[object, object]:
+    return session["pid"], session["query_start"]
+
+
 def test_lock_timeout_is_retried_until_the_blocker_lets_go(env: Env) -> None:
     write(env.root / "config" / "repos.yaml", REPOS.format(lock_timeout="200ms", attempts=20))
     env.migration(20260101000001, "CREATE TABLE busy (id int);", "DROP TABLE busy;")
@@ -193,7 +203,13 @@ def test_lock_timeout_is_retried_until_the_blocker_lets_go(env: Env) -> None:
     with psycopg.connect(env.app) as blocker:
         blocker.execute("LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")
         proc = env.popen("migrate", "--repo", "app")
-        time.sleep(1.5)
+        # Let go only once an attempt has timed out (55P03): the runner was seen waiting for the lock, and that
+        # wait ended while we still hold the lock, which nothing but its lock_timeout can do.
+        waiting = wait_for_session(env.app, LOCK_WAIT, "the runner waiting for the lock on busy", process=proc)
+        wait_for(
+            lambda: not sessions(env.app, LOCK_WAIT + " AND pid = %s AND query_start = %s", waiting_on(waiting)),
+            "the runner's first lock wait to time out",
+        )
         blocker.commit()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -213,7 +229,11 @@ def test_lock_timeout_gives_up_cleanly_after_the_attempts(env: Env) -> None:
     assert "app: gave up after 3 attempts: 55P03" in result.err
     assert result.out.count("retrying") == 2
     assert versions(env.app) == [20260101000001]
-    assert env.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+    # this database's advisory locks only: pg_locks shows the whole server, where other tests may hold theirs
+    assert env.query(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    ) == [(0,)]
 
 
 def test_failing_statement_leaves_nothing_behind(env: Env) -> None:
@@ -237,7 +257,7 @@ def test_kill_9_during_a_long_migration_then_rerun(env: Env) -> None:
         "DROP TABLE slow;",
     )
     proc = env.popen("migrate", "--repo", "app")
-    time.sleep(1.5)
+    wait_for_session(env.app, IN_SLEEP, "the runner inside the migration's pg_sleep(4)", process=proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     result = env.cli("migrate", "--repo", "app")
@@ -254,7 +274,7 @@ def test_kill_9_during_a_non_transactional_migration_resumes(env: Env) -> None:
         transaction=False,
     )
     proc = env.popen("migrate", "--repo", "app")
-    time.sleep(1.5)
+    wait_for_session(env.app, IN_SLEEP, "the runner inside the migration's pg_sleep(4)", process=proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert "part_one" in tables(env.app) and versions(env.app) == []
