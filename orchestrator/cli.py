@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -27,7 +27,9 @@ from orchestrator.errors import (
     OrchestratorError,
     display_path,
 )
-from orchestrator.generator import generate
+
+if TYPE_CHECKING:
+    from orchestrator.generator import generate
 
 Handler = Callable[[argparse.Namespace], int]
 MAX_PROBLEMS_SHOWN = 100
@@ -253,17 +255,14 @@ def _sink(args: argparse.Namespace) -> Any:
     """How a command shows the run's events: text lines for global targets on stdout; per tenant, the
     progress bar on a terminal, else one structured log line per event on stderr; ``--json``: every event
     as a JSON log line on stderr (stdout keeps the one JSON document)."""
-    from orchestrator import logs
     from orchestrator.migrations import events
 
     if args.json:
-        logs.configure(json=True)
-        return events.LogSink(logs.get("orchestrator"))
+        return events.LazyLogSink("orchestrator", json=True)
     text = events.TextSink(print)
     log: events.Sink = events.discard  # on a terminal the progress bar shows the tenants
     if not sys.stderr.isatty():
-        logs.configure()
-        log = events.LogSink(logs.get("rollout"))
+        log = events.LazyLogSink("rollout")
 
     def sink(event: events.Event) -> None:
         if event.target.tenant is None or isinstance(event, events.Planned):
@@ -445,6 +444,8 @@ def cmd_regen(args: argparse.Namespace) -> int:
 
     if args.state != "files":
         raise BadInputError("regen works on migration files in a git checkout; it has no meaning with --state database")
+    from orchestrator.generator import generate
+
     regen.check_checkout(args.root)
     with _runner(args) as run:
         doomed = [path for repo in run.repos(None) for path in regen.roll_back_untracked(run, repo)]
@@ -461,6 +462,8 @@ def cmd_regen(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from orchestrator.generator import generate  # imported by the commands that generate: the others start faster
+
     cfg = config.load(args.config)
     write = not (args.check or args.dry_run)
     result = generate.run(

@@ -175,10 +175,10 @@ CONNECT_OPTIONS: dict[str, Any] = {
 
 
 def open_connection(
-    info: str, *, autocommit: bool = True, application_name: str = "orchestrator"
+    info: str, *, autocommit: bool = True, application_name: str = "orchestrator", connect_timeout: int = 10
 ) -> psycopg.Connection[tuple[object, ...]]:
     """Connect, letting psycopg's errors through (for callers that retry transient ones)."""
-    options = CONNECT_OPTIONS | {"application_name": application_name}
+    options = CONNECT_OPTIONS | {"application_name": application_name, "connect_timeout": connect_timeout}
     return psycopg.connect(info, autocommit=autocommit, **options)
 
 
@@ -188,9 +188,10 @@ IDLE_SESSION_TIMEOUT = "120s"
 never holds a tenant's locks longer than this. Our own sessions are never idle that long while they hold one."""
 
 
-def prepare_session(conn: psycopg.Connection[Any]) -> Any:
+def prepare_session(conn: psycopg.Connection[Any]) -> tuple[int, Any]:
     """Settings for every session that does work (one round trip; PostgreSQL 14+ for the last two); return
-    the session's start time, which names it together with its pid (pids are reused).
+    the server's pid of the session and its start time, which name it (pids are reused; behind a pooler the
+    pid libpq was told may not be the server's).
 
     ``client_connection_check_interval``: the server notices within a second that this process died
     mid-statement, so a killed runner's transaction is rolled back and its locks released promptly.
@@ -201,21 +202,18 @@ def prepare_session(conn: psycopg.Connection[Any]) -> Any:
         "SELECT set_config('idle_in_transaction_session_timeout', %s, false), "
         "CASE WHEN %s THEN set_config('client_connection_check_interval', '1s', false) END, "
         "CASE WHEN %s THEN set_config('idle_session_timeout', %s, false) END, "
-        "(SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid())",
+        "pg_backend_pid(), (SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid())",
         (IDLE_IN_TRANSACTION_TIMEOUT, modern, modern, IDLE_SESSION_TIMEOUT),
     ).fetchone()
-    return row[3] if row else None
+    return (int(row[3]), row[4]) if row else (conn.info.backend_pid, None)
 
 
 def redact(url: str) -> str:
     """Return ``url`` with any password replaced by ``***`` (URL or key=value form)."""
     if "://" in url:
         parts = urlsplit(url)
-        if parts.password is not None:
-            host = parts.hostname or ""
-            netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-            return urlunsplit(parts._replace(netloc=netloc))
-        return re.sub(r"(password=)[^&]*", r"\1***", url)
+        netloc = re.sub(r"^([^:@/]*):[^@]*@", r"\1:***@", parts.netloc)  # the userinfo only: hosts stay as written
+        return re.sub(r"(password=)[^&]*", r"\1***", urlunsplit(parts._replace(netloc=netloc)))
     return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", url)
 
 

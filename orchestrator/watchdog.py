@@ -42,7 +42,7 @@ OnAbandon = Callable[[int, str], None]
 
 _PROBE = """
 SELECT p.pid, a.state, extract(epoch FROM a.state_change)::float8, extract(epoch FROM clock_timestamp())::float8,
-    a.backend_start
+    a.backend_start, a.query_start
 FROM unnest(%s::int[]) AS p(pid) LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid
 """
 
@@ -60,6 +60,8 @@ class Watched:
     busy_since_local: float | None = None
     abandoned: bool = False
     backend_start: Any = None  # with pid, names the server session (set once the session is prepared)
+    users: int = 1  # nested watch() calls of the same connection share one entry
+    query_start: Any = None  # the server's start of the statement seen last: a new one restarts the clock
 
 
 LINGER = 1.0
@@ -105,7 +107,7 @@ def shut(sock: socket.socket) -> None:
 class Watchdog:
     """Watches connections to one server; ``info`` is a conninfo the watchdog may connect with."""
 
-    info: str
+    info: str = field(repr=False)  # may hold a password
     interval: float = 0.5
     grace: float = 2.0
     probe_timeout: float = 2.0
@@ -128,7 +130,12 @@ class Watchdog:
     # -- registry -------------------------------------------------------------------------------------------
 
     def watch(self, conn: psycopg.Connection[Any], *, limit: float | None = None) -> Watched:
-        """Start watching ``conn`` (until ``forget`` or until it is closed); return its entry."""
+        """Start watching ``conn`` (until as many ``forget`` calls, or until it is closed); return its entry."""
+        with self._lock:
+            known = self._watched.get(id(conn))
+            if known is not None and known.conn is conn:
+                known.users += 1
+                return known
         entry = Watched(conn, conn.info.backend_pid, socket.socket(fileno=os.dup(conn.pgconn.socket)), limit)
         with self._lock:
             self._watched[id(conn)] = entry
@@ -137,9 +144,14 @@ class Watchdog:
 
     def forget(self, conn: psycopg.Connection[Any]) -> None:
         with self._lock:
-            entry = self._watched.pop(id(conn), None)
-        if entry is not None:
-            entry.sock.close()
+            entry = self._watched.get(id(conn))
+            if entry is None:
+                return
+            entry.users -= 1
+            if entry.users > 0 and not conn.closed:
+                return
+            self._watched.pop(id(conn))
+        entry.sock.close()
 
     def retire(self, session: tuple[int, Any]) -> None:
         """A session whose connection was closed elsewhere: make sure it ends (see ``close_connection``)."""
@@ -176,13 +188,13 @@ class Watchdog:
             entries, self._watched = list(self._watched.values()), {}
         for entry in entries:
             entry.sock.close()
-        if self._orphans or self._probe is not None:
-            self._start()  # the guard must be running: the sweep's own connection may be frozen too
-            with self._probing:
+        with self._probing:  # the probe thread is between rounds: nothing of it runs unguarded past here
+            if self._orphans or self._probe is not None:
+                self._start()  # the guard must be running: the sweep's own connection may be frozen too
                 if self._probe is not None and not self._probe_answers():
                     self._drop_probe()  # frozen itself: its session is swept from a new connection
                 self._sweep(final=True)
-        self._stop.set()
+            self._stop.set()
         for thread in self._threads:
             thread.join(timeout=self.probe_timeout + 1)
         self._drop_probe(retire=False)
@@ -202,12 +214,13 @@ class Watchdog:
 
     def _probe_loop(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                with self._probing:
-                    if not self._stop.is_set():
-                        self.check()
-            except Exception:  # never let the watchdog die: the next round tries again on a new connection
-                self._drop_probe()
+            with self._probing:
+                if self._stop.is_set():
+                    return
+                try:
+                    self.check()
+                except Exception:  # never let the watchdog die: the next round tries again on a new connection
+                    self._drop_probe()
 
     def _guard_loop(self) -> None:
         """The deadline of the watchdog's own query: its socket is shut down when the query takes too long."""
@@ -251,13 +264,17 @@ class Watchdog:
                 continue
             if entry.busy_since_local is None:
                 entry.busy_since_local = now
+                entry.query_start = None
             busy.append(entry)
         return busy
 
-    def _judge(self, entry: Watched, view: dict[int, tuple[str | None, float | None, float, Any]]) -> None:
-        state, changed, server_now, started = view[entry.pid]
+    def _judge(self, entry: Watched, view: dict[int, tuple[str | None, float | None, float, Any, Any]]) -> None:
+        state, changed, server_now, started, query_start = view[entry.pid]
         if entry.backend_start is None:
             entry.backend_start = started  # so that an abandoned session can be terminated
+        if query_start != entry.query_start:  # another statement than last time: its own clock
+            entry.query_start = query_start
+            entry.busy_since_local = time.monotonic()
         if state is None:
             self._abandon(entry, "its server session is gone")
             return
@@ -272,7 +289,7 @@ class Watchdog:
                 f"the server has been {state} for {server_now - (changed or server_now):.1f} s while the client waited",
             )
 
-    def _server_view(self, pids: list[int]) -> dict[int, tuple[str | None, float | None, float, Any]] | None:
+    def _server_view(self, pids: list[int]) -> dict[int, tuple[str | None, float | None, float, Any, Any]] | None:
         try:
             conn = self._probe_connection()
             self._probe_started = time.monotonic()
@@ -283,7 +300,9 @@ class Watchdog:
         except psycopg.Error:
             self._drop_probe()
             return None
-        return {int(pid): (state, changed, float(now), started) for pid, state, changed, now, started in rows}
+        return {
+            int(pid): (state, changed, float(now), started, query) for pid, state, changed, now, started, query in rows
+        }
 
     def _sweep(self, *, final: bool) -> None:
         """End the server sessions of connections we let go of that the server still has.
@@ -335,6 +354,7 @@ class Watchdog:
                 probe = (self.connect or _connect)(self.info)
                 self._probe_sock = socket.socket(fileno=os.dup(probe.pgconn.socket))
                 self._probe, self._probe_pid = probe, probe.info.backend_pid
+                self._probe_started = time.monotonic()  # the deadline of the query, not of the connect
                 row = probe.execute(_START).fetchone()
                 self._probe_start = row[0] if row else None
             finally:
@@ -367,9 +387,12 @@ class Watchdog:
 
     def _abandon(self, entry: Watched, reason: str) -> None:
         report = entry.on_abandon  # taken first: once the socket is shut, the user moves on and clears it
-        entry.abandoned = True
+        with self._lock:
+            if self._watched.get(id(entry.conn)) is not entry:
+                return  # its user let it go meanwhile: the socket may not be its any more
+            entry.abandoned = True
+            shut(entry.sock)
         self.abandoned += 1
-        shut(entry.sock)
         if entry.backend_start is not None:  # its session, still holding what it held: terminated next
             with self._lock:
                 self._orphans.append((entry.pid, entry.backend_start, time.monotonic()))
@@ -381,4 +404,4 @@ class Watchdog:
 def _connect(info: str) -> psycopg.Connection[Any]:
     from orchestrator import db
 
-    return db.open_connection(info, application_name="orchestrator-watchdog")
+    return db.open_connection(info, application_name="orchestrator-watchdog", connect_timeout=2)

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import config, model, state
+import psycopg
+
+from orchestrator import config, db, model, state
 from orchestrator.errors import ConfigError, OrchestratorError, Problem
 from orchestrator.generator import generate
 from orchestrator.manifests import loader
@@ -121,6 +123,6 @@ def reconcile(
                 report.applied[repo.name] = [m.path.name for m in run.migrate(repo)]
                 if repo.tenants is not None:
                     report.tenants[repo.name] = run.tenant_rollout(repo, stop=stop).run(rollout.Options())
-            except OrchestratorError as exc:
-                report.errors.append(f"{repo.name}: {exc}")
+            except (OrchestratorError, psycopg.Error) as exc:  # never raises: the report says it
+                report.errors.append(db.redact(f"{repo.name}: {exc}"))
     return report

@@ -87,12 +87,11 @@ def serve(
     finally:
         service.stopping.set()
         scheduler.shutdown(wait=False)
-        if not service.idle(timeout=grace_s):
+        if not service.close_when_idle(timeout=grace_s):
             # A job still running after the grace period (a migration that will not end, a database that does
             # not answer): leave now, before the kubelet's SIGKILL; PostgreSQL releases the session's locks.
             service.log.error("serve.stop_forced", grace_s=grace_s, reason="a job was still running")
             sys.stderr.flush()
             os._exit(0)
-        service.close()
         service.log.info("serve.stop")
     return 0

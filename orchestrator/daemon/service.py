@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from orchestrator import config, db, model
 from orchestrator.daemon import metrics, reconcile
 from orchestrator.errors import ConfigError, OrchestratorError, Problem
@@ -85,6 +87,8 @@ class Service:
     """(repo, tenant) -> (consecutive failures, when to try again): the retry of failed tenants."""
     stopping: threading.Event = field(default_factory=threading.Event)
     events: EventLog = field(default_factory=EventLog)
+    latest: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
+    """repo -> latest global and tenant migration versions, as of the last job."""
     _endpoints: Endpoints | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -107,11 +111,15 @@ class Service:
         if self._endpoints is not None:
             self._endpoints.close()
 
-    def idle(self, *, timeout: float) -> bool:
-        """Wait until no job runs (``stopping`` makes them start nothing new); False if one still runs."""
+    def close_when_idle(self, *, timeout: float) -> bool:
+        """Wait until no job runs (``stopping`` makes them start nothing new), then close the connections while
+        still holding the jobs' lock, so no job starts on closed ones; False if a job still runs."""
         if not self._lock.acquire(timeout=timeout):
             return False
-        self._lock.release()
+        try:
+            self.close()
+        finally:
+            self._lock.release()
         return True
 
     # -- jobs ----------------------------------------------------------------------------------------------
@@ -121,6 +129,8 @@ class Service:
         if self.stopping.is_set():
             return
         with self._lock:
+            if self.stopping.is_set():  # SIGTERM came while this job waited for the other one
+                return
             current = reconcile.fingerprint(self.config_dir, self.root, self.cfg, self.state_kind)
             if current == self.fingerprint and self.report is not None and not self.report.errors:
                 return  # nothing new; failed tenants are the tenants job's, with backoff
@@ -140,6 +150,7 @@ class Service:
                 self.cfg = config.load(self.config_dir, base=self.config_dir.parent)
                 for repo in self.cfg.repos:
                     self._note_failures(repo, report.tenants.get(repo.name, []))
+                self._remember_versions()
                 self.fingerprint = reconcile.fingerprint(self.config_dir, self.root, self.cfg, self.state_kind)
 
     def tenants_job(self) -> None:
@@ -149,6 +160,8 @@ class Service:
         with self._lock:
             from orchestrator.migrations import rollout
 
+            if self.stopping.is_set():
+                return
             run = self.runner()
             failed = False
             for repo in self.cfg.repos:
@@ -157,7 +170,7 @@ class Service:
                 waiting = self._waiting(repo.name)
                 try:
                     results = run.tenant_rollout(repo, stop=self.stopping).run(rollout.Options(exclude=waiting))
-                except OrchestratorError as exc:
+                except (OrchestratorError, psycopg.Error) as exc:
                     self._event("tenants.error", level="error", repo=repo.name, error=db.redact(str(exc)))
                     failed = True
                     continue
@@ -199,6 +212,8 @@ class Service:
         record.status = "running"
         with self._lock:
             try:
+                if self.stopping.is_set():
+                    raise OrchestratorError("the daemon is stopping")
                 if self.cfg is None:
                     raise OrchestratorError("no valid configuration loaded yet")
                 run = self.runner()
@@ -213,7 +228,7 @@ class Service:
                     record.result[repo.name] = entry
                 failed = any(t["status"] == "failed" for e in record.result.values() for t in e.get("tenants", []))
                 record.status = "failed" if failed else "done"
-            except (OrchestratorError, ConfigError) as exc:
+            except (OrchestratorError, ConfigError, psycopg.Error) as exc:
                 record.status, record.error = "failed", db.redact(str(exc))
 
     # -- state ---------------------------------------------------------------------------------------------
@@ -250,17 +265,32 @@ class Service:
         if self.log is not None:
             getattr(self.log, level)(name, **fields)
 
-    def _repo_status(self, repo: model.Repo) -> dict[str, Any]:
-        """The latest migration versions (what every target should be at) and the last tenant outcomes."""
+    def _remember_versions(self) -> None:
+        """The latest migration versions of every repo (what every target should be at), read by the job that
+        holds the lock, so /status never touches files or the database itself."""
+        if self.cfg is None:
+            return
         run = self.runner()
-        latest_global = [m.version for m in run.migrations(repo)]
-        latest_tenant = [m.version for m in run.tenant_migrations(repo)]
+        for repo in self.cfg.repos:
+            try:
+                latest = (
+                    max((m.version for m in run.migrations(repo)), default=None),
+                    max((m.version for m in run.tenant_migrations(repo)), default=None),
+                )
+            except (OrchestratorError, psycopg.Error):
+                continue  # the report says what failed; the last versions known stay
+            self.latest[repo.name] = latest
+        self.endpoints.retain({repo.name for repo in self.cfg.repos})
+
+    def _repo_status(self, repo: model.Repo) -> dict[str, Any]:
+        """The latest versions and the last tenant outcomes, from what the jobs recorded."""
+        latest_global, latest_tenant = self.latest.get(repo.name, (None, None))
         results = self.report.tenants.get(repo.name, []) if self.report else []
         return {
             "name": repo.name,
             "tenant_source": repo.tenants.kind if repo.tenants else None,
-            "latest_version": max(latest_global, default=None),
-            "latest_tenant_version": max(latest_tenant, default=None),
+            "latest_version": latest_global,
+            "latest_tenant_version": latest_tenant,
             "tenants": len(results),
             "tenants_failed": [r.tenant for r in results if r.status == "failed"],
         }

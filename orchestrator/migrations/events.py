@@ -10,6 +10,7 @@ at error, retries and abandoned connections at warning, the rest at info.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -257,6 +258,26 @@ class LogSink:
     def __call__(self, event: Event) -> None:
         bound = self.logger.bind(**{k: v for k, v in event.context().items() if v is not None}, **self.extra)
         bound.log(level_of(event), name_of(event), **event.fields())
+
+
+@dataclass
+class LazyLogSink:
+    """A ``LogSink`` whose logging (structlog) is set up at the first event: a run with nothing to say (a
+    no-op) does not pay for it."""
+
+    name: str
+    json: bool | None = None
+    _sink: LogSink | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # workers emit from their threads
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            if self._sink is None:
+                from orchestrator import logs
+
+                logs.configure(json=self.json)
+                self._sink = LogSink(logs.get(self.name))
+        self._sink(event)
 
 
 @dataclass

@@ -200,8 +200,9 @@ def _remaining(request: Request, done: int) -> Request:
     a rollback's default single step) counts those, or a retry would run more than asked."""
     if not done:
         return request
-    step = request.step if request.step is not None else (1 if request.action is Action.ROLLBACK else None)
-    if step is None or request.to is not None:
+    default = 1 if request.action is Action.ROLLBACK and request.to is None else None
+    step = request.step if request.step is not None else default
+    if step is None:
         return request
     return dataclasses.replace(request, step=max(step - done, 0))
 

@@ -37,11 +37,17 @@ MARGIN_S = 30.0
 
 
 def statement_limit(repo: model.Repo) -> float | None:
-    """Seconds a statement may stay unanswered when the server cannot be asked; None when unbounded."""
+    """Seconds a migration statement may stay unanswered when the server cannot be asked; None when unbounded
+    (``statementTimeout: 0s``: a backfill may run for hours)."""
     timeouts = repo.timeouts
     if not timeouts.statement_timeout_ms:
         return None
     return (timeouts.statement_timeout_ms + timeouts.lock_wait_ms) / 1000 + MARGIN_S
+
+
+def control_limit(repo: model.Repo) -> float:
+    """The same for the control plane's short queries: always finite."""
+    return repo.timeouts.lock_wait_ms / 1000 + MARGIN_S
 
 
 class ControlPlane(Protocol):
@@ -72,7 +78,7 @@ def repeat(
 class SingleControl:
     """One control connection, opened again when it is lost (the CLI's control plane)."""
 
-    info: str
+    info: str = field(repr=False)
     policy: model.Retry
     watchdog: Watchdog
     limit: float | None = None
@@ -88,7 +94,8 @@ class SingleControl:
         with self._lock:
             conn = self._open()
             try:
-                with self.watchdog.watching(conn, limit=self.limit):
+                with self.watchdog.watching(conn, limit=self.limit) as entry:
+                    entry.pid, entry.backend_start = self._session or (entry.pid, None)
                     yield conn
             except BaseException:
                 if _unusable(conn):
@@ -100,7 +107,7 @@ class SingleControl:
             conn = db.open_connection(self.info)
             try:
                 with self.watchdog.watching(conn, limit=self.limit) as entry:
-                    entry.backend_start = _prepare_control(conn)
+                    entry.pid, entry.backend_start = _prepare_control(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -112,7 +119,8 @@ class SingleControl:
             conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):  # watched while it says goodbye (it may be frozen)
-                self.watchdog.watch(conn).backend_start = self._session[1] if self._session else None
+                entry = self.watchdog.watch(conn)
+                entry.pid, entry.backend_start = self._session or (entry.pid, None)
             self.watchdog.close_connection(conn, session=self._session)
 
 
@@ -120,7 +128,7 @@ class SingleControl:
 class PooledControl:
     """The daemon's control plane: a psycopg_pool.ConnectionPool per repo, every checkout watched."""
 
-    info: str
+    info: str = field(repr=False)
     policy: model.Retry
     watchdog: Watchdog
     limit: float | None = None
@@ -145,8 +153,8 @@ class PooledControl:
         self.pool.open(wait=False)
 
     def _configure(self, conn: Conn) -> None:
-        with self.watchdog.watching(conn, limit=self.limit) as entry:
-            self._sessions[id(conn)] = (entry.pid, _prepare_control(conn))
+        with self.watchdog.watching(conn, limit=self.limit):
+            self._sessions[id(conn)] = _prepare_control(conn)
 
     def _check(self, conn: Conn) -> None:
         """``ConnectionPool.check_connection``, watched: a half-open idle connection cannot hang the checkout."""
@@ -160,7 +168,8 @@ class PooledControl:
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Conn]:
-        with self.pool.connection(timeout=30) as conn, self.watchdog.watching(conn, limit=self.limit):
+        with self.pool.connection(timeout=30) as conn, self.watchdog.watching(conn, limit=self.limit) as entry:
+            entry.pid, entry.backend_start = self._sessions.get(id(conn), (entry.pid, None))
             yield conn
 
     def close(self) -> None:
@@ -172,10 +181,10 @@ class PooledControl:
         self._sessions.clear()
 
 
-def _prepare_control(conn: Conn) -> Any:
-    started = db.prepare_session(conn)
+def _prepare_control(conn: Conn) -> tuple[int, Any]:
+    session = db.prepare_session(conn)
     conn.execute("SET synchronous_commit TO off")  # outcome records: cheap commits
-    return started
+    return session
 
 
 def _unusable(conn: Conn) -> bool:
@@ -187,7 +196,7 @@ def _unusable(conn: Conn) -> bool:
 class Dedicated:
     """One connection per worker thread, watched while in use; dropped when lost or left mid-transaction."""
 
-    info: str
+    info: str = field(repr=False)
     watchdog: Watchdog
     limit: float | None = None
     _local: threading.local = field(default_factory=threading.local)
@@ -207,7 +216,7 @@ class Dedicated:
         entry: Watched = self._local.entry
         try:
             if entry.backend_start is None:
-                entry.backend_start = db.prepare_session(conn)
+                entry.pid, entry.backend_start = db.prepare_session(conn)
             yield conn, entry
         except BaseException:
             if _unusable(conn):
@@ -228,7 +237,7 @@ class Endpoint:
     """A repo's database as the runner uses it: its conninfo, watchdog and control plane."""
 
     repo: model.Repo
-    info: str
+    info: str = field(repr=False)  # may hold a password
     watchdog: Watchdog
     control: ControlPlane
 
@@ -238,7 +247,7 @@ class Endpoint:
         db.ensure_embedded_database(repo, root)
         info = db.conninfo(repo, root)
         watchdog = Watchdog(info)
-        limit = statement_limit(repo)
+        limit = control_limit(repo)
         if pooled:
             return cls(repo, info, watchdog, PooledControl(info, repo.retry, watchdog, limit))
         return cls(repo, info, watchdog, SingleControl(info, repo.retry, watchdog, limit))
@@ -278,6 +287,14 @@ class Endpoints:
             endpoint = Endpoint.open(repo, self.root, pooled=self.pooled)
             self._open[repo.name] = (repo, endpoint)
             return endpoint
+
+    def retain(self, names: set[str]) -> None:
+        """Close the endpoints of repos no longer in the configuration (their pools and watchdog threads)."""
+        with self._lock:
+            gone = [name for name in self._open if name not in names]
+            closing = [self._open.pop(name)[1] for name in gone]
+        for endpoint in closing:
+            endpoint.close()
 
     def close(self) -> None:
         with self._lock:
