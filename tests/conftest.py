@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -116,19 +117,27 @@ def start_cli(
     )
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Result:
-    """Run ``python -m orchestrator`` in a subprocess, as a user would; return exit code and output."""
-    full_env = cli_env(env)
-    proc = subprocess.run(
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
+    """Run ``python -m orchestrator`` in a subprocess, as a user would; return exit code and output.
+
+    A run that outlives ``timeout`` fails the test with every thread's stack (faulthandler), not just "timed out".
+    """
+    proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", *args],
         cwd=cwd,
-        env=full_env,
-        capture_output=True,
+        env=cli_env(env) | {"PYTHONFAULTHANDLER": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
-        check=False,
     )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=30)
+        stacks = "\n".join(line for line in err.splitlines() if not line.startswith("{"))
+        raise AssertionError(f"orchestrator {' '.join(args)} still ran after {timeout} s:\n{stacks[-8000:]}") from None
+    return Result(proc.returncode, out, err)
 
 
 def write(path: Path, text: str) -> Path:

@@ -160,8 +160,8 @@ class Project:
     def env(self, url: str | None = None) -> dict[str, str]:
         return {"APP_URL": url or self.url}
 
-    def cli(self, *args: str, url: str | None = None) -> Result:
-        return run_cli(*args, cwd=self.root, env=self.env(url))
+    def cli(self, *args: str, url: str | None = None, timeout: float = 120) -> Result:
+        return run_cli(*args, cwd=self.root, env=self.env(url), timeout=timeout)
 
     def popen(self, *args: str, url: str | None = None) -> subprocess.Popen[str]:
         """Start the CLI in the background; its stderr goes to ``stderr.log`` (see ``logged``)."""

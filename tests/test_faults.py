@@ -281,7 +281,8 @@ def test_half_open_connections_are_abandoned_and_the_rollout_finishes(
             for (step,) in steps:
                 proxy.armed.set()
                 started = time.monotonic()
-                result = project.cli(step, "--tenants", "--json", url=proxy.url())
+                # slow is allowed (every freeze costs its worker seconds), hanging is not: run_cli dumps the stacks
+                result = project.cli(step, "--tenants", "--json", url=proxy.url(), timeout=300)
                 seconds.append(round(time.monotonic() - started, 1))
                 proxy.armed.clear()
                 assert result.code == 0, result.err[-3000:]
