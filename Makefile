@@ -30,8 +30,9 @@ test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The long version of the fault-injection tests (ORCHESTRATOR_SOAK=1): 20 kill -9s each of the runner and of
-# the daemon, six PostgreSQL restarts and denser connection faults over 200 tenants, and thousands of fuzz
-# examples. Prints the figures of each run (faults injected, kills, restarts, consistency checks).
+# the daemon, six PostgreSQL restarts, denser connection faults, half-open (frozen) connections and reset
+# storms over 120-200 tenants, and thousands of fuzz examples. Prints the figures of each run (faults injected,
+# connections abandoned, kills, restarts, consistency checks).
 soak: install
 	ORCHESTRATOR_SOAK=1 $(BIN)/pytest -s --timeout 1800 tests/test_faults.py tests/test_property_manifests.py tests/test_hostile.py $(PYTEST_ARGS)
 
