@@ -112,6 +112,7 @@ class Watchdog:
     grace: float = 2.0
     probe_timeout: float = 2.0
     connect: Callable[[str], psycopg.Connection[Any]] | None = None
+    on_abandon: OnAbandon | None = None  # told of a connection abandoned while nobody set its own ``on_abandon``
     abandoned: int = 0
     _watched: dict[int, Watched] = field(default_factory=dict)  # id(conn) -> entry
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -386,7 +387,7 @@ class Watchdog:
                     self._orphans.append((pid, start, time.monotonic()))  # due at once: it failed
 
     def _abandon(self, entry: Watched, reason: str) -> None:
-        report = entry.on_abandon  # taken first: once the socket is shut, the user moves on and clears it
+        report = entry.on_abandon or self.on_abandon  # taken first: once shut, the user moves on and clears it
         with self._lock:
             if self._watched.get(id(entry.conn)) is not entry:
                 return  # its user let it go meanwhile: the socket may not be its any more

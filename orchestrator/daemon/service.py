@@ -98,7 +98,7 @@ class Service:
         if self._endpoints is None:
             from orchestrator.migrations.sessions import Endpoints
 
-            self._endpoints = Endpoints(self.root, pooled=True)
+            self._endpoints = Endpoints(self.root, pooled=True, sink=self.events)
         return self._endpoints
 
     def runner(self) -> Runner:

@@ -69,7 +69,7 @@ class Runner:
         if self.endpoints is not None:
             return self.endpoints.get(repo)
         if self._own is None:
-            self._own = Endpoints(self.root)
+            self._own = Endpoints(self.root, sink=self.sink)
         return self._own.get(repo)
 
     def store(self, repo: model.Repo) -> state.Store:

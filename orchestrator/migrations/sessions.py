@@ -25,7 +25,8 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from orchestrator import db, model
-from orchestrator.migrations import retry
+from orchestrator.migrations import events, retry
+from orchestrator.migrations.target import Scope, Target
 from orchestrator.watchdog import Watchdog, Watched
 
 T = TypeVar("T")
@@ -242,11 +243,18 @@ class Endpoint:
     control: ControlPlane
 
     @classmethod
-    def open(cls, repo: model.Repo, root: Path, *, pooled: bool = False) -> Endpoint:
-        """Resolve the repo's connection (creating its database only on the embedded default server)."""
+    def open(
+        cls, repo: model.Repo, root: Path, *, pooled: bool = False, sink: events.Sink = events.discard
+    ) -> Endpoint:
+        """Resolve the repo's connection (creating its database only on the embedded default server).
+
+        ``sink`` hears of control-plane connections abandoned by the watchdog (a worker's are reported by the
+        run loop, with their tenant).
+        """
         db.ensure_embedded_database(repo, root)
         info = db.conninfo(repo, root)
-        watchdog = Watchdog(info)
+        target = Target(repo, db.database_name(info), "public", Scope.GLOBAL)
+        watchdog = Watchdog(info, on_abandon=lambda pid, reason: sink(events.Abandoned(target, pid, reason)))
         limit = control_limit(repo)
         if pooled:
             return cls(repo, info, watchdog, PooledControl(info, repo.retry, watchdog, limit))
@@ -274,6 +282,7 @@ class Endpoints:
 
     root: Path
     pooled: bool = False
+    sink: events.Sink = events.discard
     _open: dict[str, tuple[model.Repo, Endpoint]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -284,7 +293,7 @@ class Endpoints:
                 return known[1]
             if known is not None:
                 known[1].close()
-            endpoint = Endpoint.open(repo, self.root, pooled=self.pooled)
+            endpoint = Endpoint.open(repo, self.root, pooled=self.pooled, sink=self.sink)
             self._open[repo.name] = (repo, endpoint)
             return endpoint
 
