@@ -359,8 +359,8 @@ def _tenant_rollout(args: argparse.Namespace, direction: str) -> int:
     elif not args.dry_run:
         for name, results in reports:
             _print_rollout(name, results)
-    failed = any(r.status == "failed" for _, results in reports for r in results)
-    return EXIT_FAILED if failed else EXIT_OK
+    unfinished = any(r.status in ("failed", "held") for _, results in reports for r in results)
+    return EXIT_FAILED if unfinished else EXIT_OK
 
 
 def _print_rollout(repo: str, results: list[Any]) -> None:
@@ -373,7 +373,7 @@ def _print_rollout(repo: str, results: list[Any]) -> None:
     if not shown:
         return
     if len(shown) > 50:  # a summary line per state is enough for a large fleet; failures always shown
-        shown = [r for r in shown if r.status in ("failed", "skipped")]
+        shown = [r for r in shown if r.status in ("failed", "skipped", "held")]
     width = max([len("tenant"), *(len(r.tenant) for r in shown)])
     print(f"  {'tenant':<{width}}  {'status':<11}  {'tries':>5}  {'ms':>6}  detail")
     for r in shown:

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import Result, run_cli, write
+from tests.conftest import Result, columns, run_cli, write
 
 REPO = """apiVersion: orchestrator/v1
 kind: Repo
@@ -304,3 +304,35 @@ def test_an_unparsable_url_is_a_located_error_without_the_password(tmp_path: Pat
         result = fleet.cli(*command)
         assert result.code == 2 and "spec.url: the database URL cannot be parsed" in result.err
         assert "Pa55" not in result.out + result.err
+
+
+def test_a_canary_left_out_of_a_run_holds_every_other_tenant_at_its_version(fleet: Fleet) -> None:
+    """The canary is behind on the second migration and not in this run (--except-tenants, as the daemon
+    leaves out a tenant waiting for its retry): no other tenant gets that migration, a new tenant gets the
+    first one only, and all of them finish once the canary has it."""
+    fleet.configure(static(["t000", "t001", "t002"]), "{concurrency: 2, canary: [t000]}")
+    assert fleet.cli("generate-migrations").code == 0
+    assert fleet.cli("migrate", "--tenants").code == 0
+    write(fleet.root / "config/tasks.yaml", TASKS + "    - {name: done, type: boolean}\n")
+    assert fleet.cli("generate-migrations", "--name", "add_done").code == 0
+    fleet.sql("ALTER TABLE t000.tasks ADD COLUMN done int")  # the canary's copy conflicts: it fails there
+    first = fleet.cli("migrate", "--tenants", "--json")
+    statuses = {t["tenant"]: t["status"] for t in json.loads(first.out)["repos"][0]["tenants"]}
+    assert first.code == 1 and statuses == {"t000": "failed", "t001": "skipped", "t002": "skipped"}
+    fleet.configure(static(["t000", "t001", "t002", "t003"]), "{concurrency: 2, canary: [t000]}")
+    write(fleet.root / "config/tasks.yaml", TASKS + "    - {name: done, type: boolean}\n")
+    held = fleet.cli("migrate", "--tenants", "--except-tenants", "t000", "--json")
+    report = {t["tenant"]: t for t in json.loads(held.out)["repos"][0]["tenants"]}
+    assert held.code == 1 and {t: r["status"] for t, r in report.items()} == {
+        "t001": "held",
+        "t002": "held",
+        "t003": "held",
+    }
+    assert all("canary t000" in r["error"] for r in report.values())
+    for tenant in ("t001", "t002"):
+        assert columns(fleet.url, tenant, "tasks") == ["id", "title"]
+    assert columns(fleet.url, "t003", "tasks") == ["id", "title"], "the new tenant gets what the canary has"
+    fleet.sql("ALTER TABLE t000.tasks DROP COLUMN done")
+    assert fleet.cli("migrate", "--tenants").code == 0
+    for tenant in ("t000", "t001", "t002", "t003"):
+        assert columns(fleet.url, tenant, "tasks") == ["id", "title", "done"]

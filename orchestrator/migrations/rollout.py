@@ -17,6 +17,7 @@ Where AshPostgres migrates tenants one at a time and stops at the first failure,
 from __future__ import annotations
 
 import collections
+import dataclasses
 import concurrent.futures as futures
 import sys
 import threading
@@ -39,7 +40,7 @@ _DONE = {Action.MIGRATE: "migrated", Action.ROLLBACK: "rolled back", Action.REPA
 @dataclass
 class TenantResult:
     tenant: str
-    status: str  # migrated, rolled back, repaired, up to date, failed, skipped
+    status: str  # migrated, rolled back, repaired, up to date, failed, skipped, held (see ``Hold``)
     applied: list[str] = field(default_factory=list)
     attempts: int = 0
     error: str | None = None
@@ -87,6 +88,21 @@ def select(listed: Sequence[str], only: Sequence[str] | None, exclude: Sequence[
     return [name for name in listed if name not in set(exclude)]
 
 
+@dataclass(frozen=True)
+class Hold:
+    """Canaries that are behind but not part of this run (failed earlier and waiting to be retried, excluded,
+    not selected): every other tenant is migrated only up to ``cap``, below the first migration a lagging
+    canary has not applied, so no tenant receives a migration before the canaries have. A tenant left short of
+    the newest migration for it ends ``held``."""
+
+    cap: int
+    canaries: tuple[str, ...]
+
+    @property
+    def reason(self) -> str:
+        return f"held back: canary {', '.join(self.canaries)} has not applied {self.cap + 1} or later yet"
+
+
 @dataclass
 class _Plan:
     names: list[str]  # the tenants considered, in the source's order
@@ -105,6 +121,8 @@ class TenantRollout:
     _migrations: list[files.MigrationFile] = field(default_factory=list)
     _adopted: set[str] = field(default_factory=set)  # tenants whose schema_migrations is known to be ours
     _texts: dict[int, tuple[str, str]] = field(default_factory=dict)  # stored texts, for rollbacks
+    _hold: Hold | None = None
+    _held: set[str] = field(default_factory=set)  # tenants this run takes only as far as the hold allows
 
     @property
     def repo(self) -> model.Repo:
@@ -138,13 +156,18 @@ class TenantRollout:
         listed = tenants.list_tenants(self.repo, control)
         names = select(listed.tenants, options.only, options.exclude)
         results = {name: TenantResult(name, "failed", error="invalid tenant name") for name in listed.invalid}
-        work, names = self._plan(control, names, options, results)
+        work, names = self._plan(control, names, listed.tenants, options, results)
         return _Plan(names, work, results)
 
     # -- planning ------------------------------------------------------------------------------------------
 
     def _plan(
-        self, control: Conn, names: list[str], options: Options, results: dict[str, TenantResult]
+        self,
+        control: Conn,
+        names: list[str],
+        listed: Sequence[str],
+        options: Options,
+        results: dict[str, TenantResult],
     ) -> tuple[Work, list[str]]:
         """Return the work per tenant that has any, and the tenants considered (--retry-failed narrows them).
 
@@ -155,12 +178,15 @@ class TenantRollout:
         self._migrations = files.collection({p: t for p, t in stored.items() if p.rpartition("/")[0] == directory})
         rolling_back = options.action is Action.ROLLBACK
         self._texts = recorder.stored_texts(control, "tenant") if rolling_back else {}
-        states = bulk.states(control, names)
+        outside = [c for c in self.repo.rollout.canary if c in listed and c not in names]
+        states = bulk.states(control, [*names, *outside])
         self._adopted = {name for name, found in states.items() if found.adopted}
         if options.retry_failed:
             failed = {t for t, (status, _) in recorder.last_outcomes(control).items() if status == "failed"}
             names = [n for n in names if n in failed]
         stale = _stale_progress(control, self.repo.name, self._migrations) if options.action is Action.REPAIR else set()
+        self._hold = self._canary_hold(outside, states) if options.action is Action.MIGRATE else None
+        self._held = set()
         work: Work = {}
         for name in names:
             found = states[name]
@@ -169,6 +195,7 @@ class TenantRollout:
             except planner.PlanError as exc:
                 results[name] = TenantResult(name, "failed", error=str(exc))
                 continue
+            todo = self._within_hold(name, todo, results)
             needs_schema = not found.exists and options.action is Action.MIGRATE
             repairs = options.action is Action.REPAIR and (
                 name in stale or bool(planner.edited(self._migrations, found.applied))
@@ -176,6 +203,37 @@ class TenantRollout:
             if todo or needs_schema or repairs:
                 work[name] = todo
         return work, names
+
+    def _canary_hold(self, outside: list[str], states: dict[str, bulk.TenantState]) -> Hold | None:
+        """The hold put by canaries that are behind and not in this run, if any (a canary with an edited or
+        foreign bookkeeping table holds everything: nothing it would run is known to work)."""
+        firsts: dict[str, int] = {}
+        source = loop.Source(self._migrations, self._texts)
+        for canary in outside:
+            try:
+                todo = loop.plan(loop.Request(), source, states[canary].applied)
+            except planner.PlanError:
+                firsts[canary] = 0
+                continue
+            if todo:
+                firsts[canary] = todo[0].version
+        if not firsts:
+            return None
+        return Hold(min(firsts.values()) - 1, tuple(sorted(firsts)))
+
+    def _within_hold(
+        self, name: str, todo: list[files.MigrationFile], results: dict[str, TenantResult]
+    ) -> list[files.MigrationFile]:
+        """``todo`` cut at the hold (a canary's own plan is not); a tenant left with nothing is ``held``."""
+        hold = self._hold
+        if hold is None or name in self.repo.rollout.canary or not todo:
+            return todo
+        allowed = [m for m in todo if m.version <= hold.cap]
+        if len(allowed) < len(todo):
+            self._held.add(name)
+            if not allowed:
+                results[name] = TenantResult(name, "held", error=hold.reason)
+        return allowed
 
     def _store_texts(self, control: Conn, work: Work, options: Options) -> None:
         if options.action is not Action.MIGRATE:
@@ -264,10 +322,13 @@ class TenantRollout:
         target = Target(self.repo, self.endpoint.database, tenant, Scope.TENANT)
         source = loop.Source(self._migrations, self._texts, store_texts=False)
         source_cfg = self.repo.tenants
+        request, hold = options.request, self._hold
+        if hold is not None and tenant not in self.repo.rollout.canary:
+            request = dataclasses.replace(request, to=min(hold.cap, request.to if request.to is not None else hold.cap))
         try:
             outcome = loop.run(
                 target,
-                options.request,
+                request,
                 source,
                 workers,
                 self.sink,
@@ -276,6 +337,8 @@ class TenantRollout:
             )
         except loop.TargetFailed as exc:
             return TenantResult(tenant, "failed", _names(exc.done), exc.attempts, exc.error, _ms(started))
+        if tenant in self._held and hold is not None:  # as far as the canaries allow, and no further
+            return TenantResult(tenant, "held", _names(outcome.done), outcome.attempts, hold.reason, _ms(started))
         if options.dry_run:
             status = "up to date" if not outcome.done else "planned"
         else:
