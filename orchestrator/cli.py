@@ -160,6 +160,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-generate", action="store_true", help="apply existing migrations only")
     serve.add_argument("--once", action="store_true", help="one reconcile, then exit with migrate's exit code")
     serve.add_argument("--token-file", type=Path, help="file holding the API token (else ORCHESTRATOR_API_TOKEN)")
+    serve.add_argument(
+        "--stuck-after",
+        type=_duration_s,
+        default=1800.0,
+        metavar="D",
+        help="a job with no progress for this long fails /healthz (30m)",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     tenants_cmd = sub.add_parser("tenants", parents=[common], help="print what each repo's tenant source returns")
@@ -226,7 +233,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         raise BadInputError(f"--listen {args.listen!r}: write HOST:PORT")
-    daemon = service.Service(args.config, args.root, state_kind=args.state, generate=not args.no_generate)
+    daemon = service.Service(
+        args.config, args.root, state_kind=args.state, generate=not args.no_generate, stuck_after_s=args.stuck_after
+    )
     return serve.serve(
         daemon, interval_s=args.interval, host=host, port=int(port), api_token=serve.token(args.token_file)
     )

@@ -305,12 +305,14 @@ def test_two_daemons_on_one_database_migrate_each_tenant_once(tmp_path: Path, da
 
 
 def test_a_failing_tenant_is_retried_with_backoff(tmp_path: Path, database_url: str) -> None:
-    """In process: the failed tenant sits out passes inside its backoff, then is retried and forgotten."""
+    """In process: the failed tenant sits out passes inside its backoff (still failed in status, readiness
+    unaffected), then is retried and forgotten."""
     from orchestrator.daemon.service import Service
 
     write(
         tmp_path / "config" / "repo.yaml",
-        REPO.replace('query: "SELECT name FROM public.registry ORDER BY 1"', "static: [good, bad]"),
+        REPO.replace('query: "SELECT name FROM public.registry ORDER BY 1"', "static: [good, bad]")
+        + "  retry: {attempts: 1, initialDelay: 100ms}\n",
     )
     write(tmp_path / "config" / "notes.yaml", res("note", "notes", ID, CONTEXT))
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -319,16 +321,24 @@ def test_a_failing_tenant_is_retried_with_backoff(tmp_path: Path, database_url: 
     try:
         service = Service(tmp_path / "config", tmp_path)
         service.reconcile_job()
-        assert service.backoff[("app", "bad")][0] == 1 and not service.ready
-        service.tenants_job()  # inside the backoff: not tried again
+        repo = service.status()["repos"][0]
+        assert repo["tenants_failed"] == ["bad"] and repo["failures"][0]["failures"] == 1
+        assert service.ready and service.started, "a failing tenant takes neither readiness nor the startup gate"
+        assert service.tenants.waiting("app") == ["bad"]
+        service.tenants_job()  # inside the backoff: not tried again, still failed
         with psycopg.connect(database_url) as conn:
             tries = conn.execute("SELECT count(*) FROM orchestrator.rollout_tenants WHERE tenant = 'bad'").fetchone()
-        assert tries == (1,) and not service.ready
+        assert tries == (1,) and service.status()["repos"][0]["tenants_failed"] == ["bad"]
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute("DROP TABLE bad.notes")
-        service.backoff[("app", "bad")] = (1, 0.0)  # the backoff has run out
-        service.tenants_job()
-        assert ("app", "bad") not in service.backoff and service.ready
+
+        def retried() -> bool:
+            service.tenants_job()  # a pass; the tenant is tried once its backoff (200 ms) has run out
+            return service.status()["repos"][0]["tenants_failed"] == []
+
+        wait_for(retried, "the failed tenant to be retried after its backoff", timeout=30, interval=0.05)
         assert columns(database_url, "bad", "notes") == ["id"]
+        assert service.status()["repos"][0]["tenants_current"] == 2
     finally:
         os.environ.pop("APP_URL")
+        service.close()

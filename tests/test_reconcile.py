@@ -88,3 +88,8 @@ def test_revision_is_the_git_commit_in_a_checkout_else_a_content_hash(tmp_path: 
         subprocess.run(["git", *args], cwd=tmp_path, check=True, env=env, capture_output=True)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert reconcile.revision(config) == f"git:{head.stdout.strip()}"
+    write(config / "accounts.yaml", res("account", "accounts", ID + "    - {name: y, type: text}\n"))
+    dirty = reconcile.revision(config)
+    assert dirty.startswith(f"git:{head.stdout.strip()}+dirty."), "an uncommitted edit is not the commit"
+    write(config / "accounts.yaml", res("account", "accounts", ID + "    - {name: z, type: text}\n"))
+    assert reconcile.revision(config) not in (dirty, f"git:{head.stdout.strip()}")

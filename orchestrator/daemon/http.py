@@ -12,21 +12,34 @@ import html
 import json
 from typing import Any
 
+import psycopg
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from orchestrator import db
+from orchestrator.daemon.rollouts import BadRollout
 from orchestrator.daemon.service import Service
+from orchestrator.errors import OrchestratorError
 
 
 def app(service: Service, token: str | None) -> Starlette:
-    async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+    async def startupz(_: Request) -> Response:
+        reason = service.startup_reason()
+        return JSONResponse({"started": reason is None, "reason": reason}, status_code=200 if reason is None else 503)
 
     async def readyz(_: Request) -> Response:
-        return JSONResponse({"ready": service.ready}, status_code=200 if service.ready else 503)
+        reason = service.ready_reason()
+        return JSONResponse({"ready": reason is None, "reason": reason}, status_code=200 if reason is None else 503)
+
+    async def healthz(_: Request) -> Response:
+        stuck = service.stuck()
+        if stuck is not None:
+            return JSONResponse({"status": "stuck", "reason": stuck}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -39,20 +52,25 @@ def app(service: Service, token: str | None) -> Starlette:
         if denied is not None:
             return denied
         try:
-            body: dict[str, Any] = json.loads(await request.body() or b"{}")
-        except ValueError:
-            return JSONResponse({"error": "the body must be JSON"}, status_code=400)
-        tenants = body.get("tenants")
-        if not isinstance(body, dict) or (tenants is not None and not isinstance(tenants, list)):
-            return JSONResponse({"error": "expected {repo?, tenants?: [names], dry_run?}"}, status_code=400)
-        record = service.start_rollout(body.get("repo"), tenants, bool(body.get("dry_run", False)))
+            body = json.loads(await request.body() or b"{}")
+        except ValueError as exc:
+            return JSONResponse({"error": f"the body is not JSON: {exc}"}, status_code=400)
+        try:
+            record = await run_in_threadpool(service.start_rollout, body)  # tenant names are checked in the database
+        except BadRollout as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        except (OrchestratorError, psycopg.Error) as exc:
+            return JSONResponse({"error": f"cannot check the tenants now: {db.redact(str(exc))}"}, status_code=503)
         return JSONResponse({"id": record.id, "status": record.status}, status_code=202)
+
+    async def list_rollouts(_: Request) -> Response:
+        return JSONResponse({"rollouts": [r.as_dict(full=False) for r in service.rollouts.recent()]})
 
     async def get_rollout(request: Request) -> Response:
         record = service.rollouts.get(request.path_params["id"])
         if record is None:
             return JSONResponse({"error": "no such rollout"}, status_code=404)
-        return JSONResponse(vars(record))
+        return JSONResponse(record.as_dict())
 
     async def page(_: Request) -> Response:
         return HTMLResponse(_page(service.status()))
@@ -60,11 +78,13 @@ def app(service: Service, token: str | None) -> Starlette:
     return Starlette(
         routes=[
             Route("/", page),
-            Route("/healthz", healthz),
+            Route("/startupz", startupz),
             Route("/readyz", readyz),
+            Route("/healthz", healthz),
             Route("/metrics", metrics),
             Route("/status", status),
             Route("/rollouts", create_rollout, methods=["POST"]),
+            Route("/rollouts", list_rollouts, methods=["GET"]),
             Route("/rollouts/{id}", get_rollout),
         ]
     )

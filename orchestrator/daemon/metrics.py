@@ -13,7 +13,14 @@ MIGRATIONS_APPLIED = Counter("orchestrator_migrations_applied_total", "Global mi
 TENANT_MIGRATIONS = Counter(
     "orchestrator_tenant_rollouts_total", "Tenants handled by rollouts, by repo and status.", ["repo", "status"]
 )
-TENANTS_BEHIND = Gauge("orchestrator_tenants_failed", "Tenants whose last rollout failed, by repo.", ["repo"])
+TENANTS_FAILED = Gauge(
+    "orchestrator_tenants_failed", "Tenants whose last run failed (until a run succeeds there), by repo.", ["repo"]
+)
+TENANTS_BEHIND = Gauge(
+    "orchestrator_tenants_behind",
+    "Tenants not at the newest tenant migration (failed ones included), by repo.",
+    ["repo"],
+)
 LAST_SUCCESS = Gauge("orchestrator_last_successful_reconcile_timestamp_seconds", "When the last reconcile succeeded.")
 CONNECTIONS_ABANDONED = Counter(
     "orchestrator_connections_abandoned_total", "Connections given up as silent (half-open) by the watchdog.", ["repo"]
@@ -23,9 +30,7 @@ CONFIG_VALID = Gauge("orchestrator_config_valid", "1 when the manifests are vali
 
 
 def count_tenants(repo: str, results: Iterable[Any]) -> None:
-    failed = 0
+    """Count what a run did per tenant (the gauges are set from the daemon's tenant book, across passes)."""
     for result in results:
         if result.status != "up to date":
             TENANT_MIGRATIONS.labels(repo=repo, status=result.status).inc()
-        failed += result.status == "failed"
-    TENANTS_BEHIND.labels(repo=repo).set(failed)

@@ -40,6 +40,7 @@ class Report:
     applied: dict[str, list[str]] = field(default_factory=dict)
     tenants: dict[str, list[TenantResult]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    repo_errors: dict[str, str] = field(default_factory=dict)  # repo -> what stopped its migrations
 
     @property
     def ok(self) -> bool:
@@ -59,11 +60,23 @@ class Report:
 
 
 def revision(config_dir: Path) -> str:
-    """``git:<commit>`` when the config directory is in a git checkout, else ``sha256:<manifests hash>``."""
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=config_dir, capture_output=True, text=True, check=False)
-    if proc.returncode == 0 and proc.stdout.strip():
-        return f"git:{proc.stdout.strip()}"
-    return f"sha256:{_hash(loader.find_files(config_dir), config_dir)[:16]}"
+    """``git:<commit>`` when the config directory is a clean git checkout, ``git:<commit>+dirty.<hash>`` when
+    its manifests differ from the commit (an uncommitted edit is not the commit), else ``sha256:<hash>``."""
+    head = _git(config_dir, "rev-parse", "HEAD")
+    if not head:
+        return f"sha256:{_hash(loader.find_files(config_dir), config_dir)[:16]}"
+    if _git(config_dir, "status", "--porcelain", "--untracked-files=all", "--", "."):
+        return f"git:{head}+dirty.{_hash(loader.find_files(config_dir), config_dir)[:8]}"
+    return f"git:{head}"
+
+
+def _git(directory: Path, *args: str) -> str | None:
+    """What a git command prints (stripped), or None when it fails (not a checkout, no git)."""
+    try:
+        proc = subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 def fingerprint(config_dir: Path, root: Path, cfg: model.Config | None, state_kind: str = "files") -> str:
@@ -124,5 +137,6 @@ def reconcile(
                 if repo.tenants is not None:
                     report.tenants[repo.name] = run.tenant_rollout(repo, stop=stop).run(rollout.Options())
             except (OrchestratorError, psycopg.Error) as exc:  # never raises: the report says it
+                report.repo_errors[repo.name] = db.redact(str(exc))
                 report.errors.append(db.redact(f"{repo.name}: {exc}"))
     return report

@@ -61,6 +61,7 @@ def serve(
     service.log = logs.get("daemon")
     service.events.log = logs.get("run")
     scheduler = BackgroundScheduler()
+    service.scheduler = scheduler  # ops-triggered rollouts run as its jobs
     for job, name in ((service.reconcile_job, "reconcile"), (service.tenants_job, "tenants")):
         scheduler.add_job(
             job,

@@ -1,16 +1,24 @@
 """The daemon's state and jobs: reconcile on change, tenant discovery every interval, ops-triggered rollouts.
 
 Jobs are plain methods; the scheduler (APScheduler) only calls them, one of a kind at a time, and one at a time
-overall (a lock), so a reconcile and a tenant pass never race each other. An invalid manifest never stops the
-service: it keeps the last good configuration, reports the located errors and applies nothing from the bad one.
+overall (a lock), so a reconcile, a tenant pass and a rollout never race each other. An invalid manifest never
+stops the service: it keeps the last good configuration (its revision stays the live one), reports the located
+errors and applies nothing from the bad one; any later change, a revert to the good content included, is
+reconciled again.
+
+What operators rely on lives here: tenant outcomes merged across passes (``book``), the three probes — the
+startup gate (every repo's global migrations applied since start), readiness (serving with a loaded config;
+what fails after start shows in status and metrics, never here) and liveness (no job stuck past a deadline) —
+and the records of ops-triggered rollouts.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
-import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,17 +26,21 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from orchestrator import config, db, model
-from orchestrator.daemon import metrics, reconcile
+from orchestrator.daemon import book, metrics, reconcile
+from orchestrator.daemon import rollouts as ops
 from orchestrator.errors import ConfigError, OrchestratorError, Problem
 
 if TYPE_CHECKING:
-    from orchestrator.migrations import events
-    from orchestrator.migrations.rollout import TenantResult
+    from orchestrator.migrations.events import Event, Sink
     from orchestrator.migrations.runner import Runner
     from orchestrator.migrations.sessions import Endpoints
 
 RECENT_EVENTS = 50
 """Warnings and errors of the runs (retries, abandoned connections, failures) kept for /status."""
+
+STUCK_AFTER_S = 30 * 60.0
+"""A job that has shown no progress (no event: no migration done, no tenant finished) for this long is stuck:
+/healthz fails, so the kubelet restarts the sidecar (every step is safe to interrupt)."""
 
 
 @dataclass
@@ -36,12 +48,14 @@ class EventLog:
     """The daemon's sink: every event logged through structlog; warnings and errors also kept for /status."""
 
     log: Any = None
+    last: float = field(default_factory=time.monotonic)  # monotonic time of the last event: a job's progress
     recent: collections.deque[dict[str, Any]] = field(default_factory=lambda: collections.deque(maxlen=RECENT_EVENTS))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def __call__(self, event: events.Event) -> None:
+    def __call__(self, event: Event) -> None:
         from orchestrator.migrations import events as ev
 
+        self.last = time.monotonic()
         if self.log is not None:
             ev.LogSink(self.log)(event)
         if ev.level_of(event) >= ev.WARNING:
@@ -59,14 +73,22 @@ class EventLog:
 
 
 @dataclass
-class Rollout:
-    id: str
-    repo: str | None
-    tenants: list[str] | None
-    dry_run: bool
-    status: str = "pending"
-    result: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
+class Job:
+    """One kind of job's timings, for /status and liveness."""
+
+    last_started: float | None = None  # wall clock
+    last_finished: float | None = None
+    last_error: str | None = None
+    since: float | None = None  # monotonic start of the running one, else None
+
+    def as_dict(self) -> dict[str, Any]:
+        running = time.monotonic() - self.since if self.since is not None else None
+        return {
+            "last_started": self.last_started,
+            "last_finished": self.last_finished,
+            "running_for": running,
+            "last_error": self.last_error,
+        }
 
 
 @dataclass
@@ -76,19 +98,28 @@ class Service:
     state_kind: str = "files"
     generate: bool = True
     log: Any = None
+    stuck_after_s: float = STUCK_AFTER_S
+    scheduler: Any = None
+    """Runs ops-triggered rollouts as jobs (serve sets it); without one a rollout runs in the caller."""
     cfg: model.Config | None = None
     report: reconcile.Report | None = None
+    report_at: float | None = None
+    report_seconds: float | None = None
     problems: list[Problem] = field(default_factory=list)
     fingerprint: str = ""
-    ready: bool = False
+    revision: str | None = None
+    """The live revision: the configuration last loaded and applied (an invalid edit does not replace it)."""
+    rejected_revision: str | None = None
+    started: bool = False
+    """The startup gate: every repo's global migrations have been applied since the daemon started."""
     last_success: float | None = None
-    rollouts: dict[str, Rollout] = field(default_factory=dict)
-    backoff: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
-    """(repo, tenant) -> (consecutive failures, when to try again): the retry of failed tenants."""
+    tenants: book.Book = field(default_factory=book.Book)
+    rollouts: ops.Registry = field(default_factory=ops.Registry)
     stopping: threading.Event = field(default_factory=threading.Event)
     events: EventLog = field(default_factory=EventLog)
-    latest: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
-    """repo -> latest global and tenant migration versions, as of the last job."""
+    repos: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """repo -> latest versions, database name, applied global version, last error: what jobs saw last."""
+    jobs: dict[str, Job] = field(default_factory=lambda: {n: Job() for n in ("reconcile", "tenants", "rollout")})
     _endpoints: Endpoints | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -101,11 +132,13 @@ class Service:
             self._endpoints = Endpoints(self.root, pooled=True, sink=self.events)
         return self._endpoints
 
-    def runner(self) -> Runner:
+    def runner(self, sink: Sink | None = None) -> Runner:
         from orchestrator.migrations import runner
 
         cfg = self.cfg or model.Config((), ())
-        return runner.Runner(cfg, self.root, sink=self.events, state_kind=self.state_kind, endpoints=self.endpoints)
+        return runner.Runner(
+            cfg, self.root, sink=sink or self.events, state_kind=self.state_kind, endpoints=self.endpoints
+        )
 
     def close(self) -> None:
         if self._endpoints is not None:
@@ -114,6 +147,7 @@ class Service:
     def close_when_idle(self, *, timeout: float) -> bool:
         """Wait until no job runs (``stopping`` makes them start nothing new), then close the connections while
         still holding the jobs' lock, so no job starts on closed ones; False if a job still runs."""
+        self.rollouts.each_pending(_stopped_before_start)
         if not self._lock.acquire(timeout=timeout):
             return False
         try:
@@ -122,18 +156,71 @@ class Service:
             self._lock.release()
         return True
 
+    # -- probes --------------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Steady readiness: serving, with a configuration loaded."""
+        return self.cfg is not None and not self.stopping.is_set()
+
+    def ready_reason(self) -> str | None:
+        if self.stopping.is_set():
+            return "stopping"
+        if self.cfg is None:
+            first = f": {self.problems[0]}" if self.problems else ""
+            return f"no valid configuration loaded yet{first}"
+        return None
+
+    def startup_reason(self) -> str | None:
+        """Why the startup gate is still closed (None once open)."""
+        if self.started:
+            return None
+        if self.cfg is None:
+            return self.ready_reason()
+        failing = {name: info["last_error"] for name, info in self.repos.items() if info.get("last_error")}
+        if failing:
+            return "global migrations not applied: " + "; ".join(f"{k}: {v}" for k, v in failing.items())
+        return "the first reconcile has not finished"
+
+    def stuck(self) -> str | None:
+        """Liveness: the job that has shown no progress for ``stuck_after_s``, if any."""
+        now = time.monotonic()
+        for name, job in self.jobs.items():
+            if job.since is not None and now - max(job.since, self.events.last) > self.stuck_after_s:
+                return f"the {name} job has shown no progress for {int(now - max(job.since, self.events.last))} s"
+        return None
+
     # -- jobs ----------------------------------------------------------------------------------------------
 
-    def reconcile_job(self) -> None:
-        """Full reconcile when the manifests or migrations changed, or the last one did not succeed."""
+    @contextlib.contextmanager
+    def _exclusive(self, name: str) -> Iterator[bool]:
+        """Run as job ``name``: one job at a time, none once stopping (yields False then)."""
         if self.stopping.is_set():
+            yield False
             return
         with self._lock:
             if self.stopping.is_set():  # SIGTERM came while this job waited for the other one
+                yield False
+                return
+            job = self.jobs[name]
+            job.since, job.last_started = time.monotonic(), time.time()
+            try:
+                yield True
+                job.last_error = None
+            except Exception as exc:
+                job.last_error = db.redact(f"{type(exc).__name__}: {exc}")
+                raise
+            finally:
+                job.since, job.last_finished = None, time.time()
+
+    def reconcile_job(self) -> None:
+        """Full reconcile when the manifests or migrations changed, or the last one did not succeed."""
+        with self._exclusive("reconcile") as go:
+            if not go:
                 return
             current = reconcile.fingerprint(self.config_dir, self.root, self.cfg, self.state_kind)
             if current == self.fingerprint and self.report is not None and not self.report.errors:
-                return  # nothing new; failed tenants are the tenants job's, with backoff
+                return  # nothing new (a bad edit is not validated again); failed tenants are the tenants job's
             started = time.monotonic()
             report = reconcile.reconcile(
                 self.config_dir,
@@ -145,96 +232,122 @@ class Service:
                 endpoints=self.endpoints,
             )
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
-            self._record(report)
-            if not report.problems:
-                self.cfg = config.load(self.config_dir, base=self.config_dir.parent)
-                for repo in self.cfg.repos:
-                    self._note_failures(repo, report.tenants.get(repo.name, []))
-                self._remember_versions()
-                self.fingerprint = reconcile.fingerprint(self.config_dir, self.root, self.cfg, self.state_kind)
+            self._record(report, time.monotonic() - started)
+            if report.problems:
+                self.fingerprint = current  # any change from here, a revert to the good content too, reconciles
+                return
+            self.cfg = config.load(self.config_dir, base=self.config_dir.parent)
+            self.revision, self.rejected_revision = report.revision, None
+            for repo in self.cfg.repos:
+                if repo.name in report.tenants:
+                    self.tenants.merge(repo, report.tenants[repo.name], complete=True)
+            self.started = self.started or all(r.name in report.applied for r in self.cfg.repos)
+            self._remember(report)
+            self.fingerprint = reconcile.fingerprint(self.config_dir, self.root, self.cfg, self.state_kind)
 
     def tenants_job(self) -> None:
-        """Tenant discovery and retry: every tenant that is behind (new, or failed before) is migrated."""
-        if self.stopping.is_set() or self.cfg is None:
+        """Tenant discovery and retry: every tenant that is behind (new, or failed and due) is migrated."""
+        if self.cfg is None:
             return
-        with self._lock:
+        with self._exclusive("tenants") as go:
+            if not go or self.cfg is None:
+                return
             from orchestrator.migrations import rollout
 
-            if self.stopping.is_set():
-                return
             run = self.runner()
-            failed = False
             for repo in self.cfg.repos:
                 if repo.tenants is None:
                     continue
-                waiting = self._waiting(repo.name)
+                waiting = self.tenants.waiting(repo.name)  # a canary among them holds the others (rollout.Hold)
                 try:
                     results = run.tenant_rollout(repo, stop=self.stopping).run(rollout.Options(exclude=waiting))
                 except (OrchestratorError, psycopg.Error) as exc:
-                    self._event("tenants.error", level="error", repo=repo.name, error=db.redact(str(exc)))
-                    failed = True
+                    self._repo_failed(repo.name, db.redact(str(exc)), job="tenants")
                     continue
-                self._note_failures(repo, results)
+                self.repos.setdefault(repo.name, {})["last_error"] = None
+                self.tenants.merge(repo, results, complete=True, left_out=waiting)
                 metrics.count_tenants(repo.name, results)
-                failed = failed or bool(waiting) or any(r.status == "failed" for r in results)
-                if self.report is not None:
-                    self.report.tenants[repo.name] = results
-            self.ready = bool(self.report and not self.report.problems and not self.report.errors and not failed)
+            self._gauge_tenants()
 
-    def _waiting(self, repo: str) -> list[str]:
-        """Failed tenants still inside their backoff: left out of this pass."""
-        now = time.monotonic()
-        return sorted(
-            tenant for (name, tenant), (_, retry_at) in self.backoff.items() if name == repo and retry_at > now
-        )
+    # -- ops-triggered rollouts ----------------------------------------------------------------------------
 
-    def _note_failures(self, repo: model.Repo, results: list[TenantResult]) -> None:
-        """A tenant that fails again waits twice as long before the next try (from the repo's retry.initialDelay,
-        up to 10 minutes); one that succeeds is forgotten."""
-        for result in results:
-            key = (repo.name, result.tenant)
-            if result.status == "failed":
-                failures = self.backoff.get(key, (0, 0.0))[0] + 1
-                delay = min(repo.retry.initial_delay_ms / 1000 * 2**failures, 600.0)
-                self.backoff[key] = (failures, time.monotonic() + delay)
-            elif result.status in ("migrated", "up to date"):
-                self.backoff.pop(key, None)
-
-    def start_rollout(self, repo: str | None, tenants: list[str] | None, dry_run: bool) -> Rollout:
-        record = Rollout(uuid.uuid4().hex[:12], repo, tenants, dry_run)
-        self.rollouts[record.id] = record
-        threading.Thread(target=self._run_rollout, args=(record,), name=f"rollout-{record.id}", daemon=True).start()
+    def start_rollout(self, body: Any) -> ops.Rollout:
+        """Check ``body`` (``ops.BadRollout`` says why not), record the rollout and schedule it."""
+        if self.stopping.is_set():
+            raise ops.BadRollout("the daemon is stopping")
+        request = ops.parse(body, self.cfg)
+        if request.tenants is not None and self.cfg is not None:
+            repo = next(r for r in self.cfg.repos if r.name == request.repo)
+            ops.check_tenants(request, self._listed(repo))
+        record = self.rollouts.add(request)
+        if self.scheduler is None:
+            self._run_rollout(record)
+        else:
+            self.scheduler.add_job(
+                self._run_rollout, args=(record,), id=f"rollout-{record.id}", misfire_grace_time=None
+            )
         return record
 
-    def _run_rollout(self, record: Rollout) -> None:
-        from orchestrator.migrations import rollout
+    def _listed(self, repo: model.Repo) -> list[str]:
+        from orchestrator import tenants
 
-        record.status = "running"
-        with self._lock:
+        listed = self.endpoints.get(repo).control.run(lambda conn: tenants.list_tenants(repo, conn))
+        return list(listed.tenants)
+
+    def _run_rollout(self, record: ops.Rollout) -> None:
+        with self._exclusive("rollout") as go:
+            if not go:
+                _stopped_before_start(record)
+                return
+            record.status, record.started = "running", time.time()
             try:
-                if self.stopping.is_set():
-                    raise OrchestratorError("the daemon is stopping")
-                if self.cfg is None:
-                    raise OrchestratorError("no valid configuration loaded yet")
-                run = self.runner()
-                for repo in run.repos(record.repo):
-                    applied = run.migrate(repo, dry_run=record.dry_run)
-                    entry: dict[str, Any] = {"applied": [m.path.name for m in applied]}
-                    if repo.tenants is not None:
-                        options = rollout.Options(only=record.tenants, dry_run=record.dry_run)
-                        entry["tenants"] = [
-                            r.as_dict() for r in run.tenant_rollout(repo, stop=self.stopping).run(options)
-                        ]
-                    record.result[repo.name] = entry
-                failed = any(t["status"] == "failed" for e in record.result.values() for t in e.get("tenants", []))
-                record.status = "failed" if failed else "done"
+                self._roll_out(record)
             except (OrchestratorError, ConfigError, psycopg.Error) as exc:
                 record.status, record.error = "failed", db.redact(str(exc))
+                self._event("rollout.failed", level="error", id=record.id, error=record.error)
+            finally:
+                record.finished = time.time()
+
+    def _roll_out(self, record: ops.Rollout) -> None:
+        from orchestrator.migrations import events as ev
+        from orchestrator.migrations import rollout
+
+        if self.cfg is None:
+            raise OrchestratorError("no valid configuration loaded yet")
+
+        def sink(event: ev.Event) -> None:
+            self.events(event)
+            if isinstance(event, ev.Planned):
+                record.plan.append({"target": event.target.name, **event.fields()})
+
+        run = self.runner(sink)
+        statuses: list[str] = []
+        for repo in run.repos(record.repo):
+            entry: dict[str, Any] = {"applied": [m.path.name for m in run.migrate(repo, dry_run=record.dry_run)]}
+            if repo.tenants is not None:
+                options = rollout.Options(only=record.tenants, dry_run=record.dry_run)
+                results = run.tenant_rollout(repo, stop=self.stopping).run(options)
+                entry["tenants"] = [r.as_dict() for r in results]
+                statuses += [r.status for r in results]
+                if not record.dry_run:
+                    self.tenants.merge(repo, results, complete=record.tenants is None)
+            record.result[repo.name] = entry
+        self._gauge_tenants()
+        if self.stopping.is_set() and "skipped" in statuses:
+            record.status, record.error = "stopped", "the daemon stopped before every tenant was started"
+        elif "failed" in statuses or "held" in statuses:
+            record.status = "failed"
+            record.error = f"{statuses.count('failed')} failed, {statuses.count('held')} held back by a canary"
+        else:
+            record.status = "done"
+        self._event(
+            "rollout.finished", level="info" if record.status == "done" else "error", **record.as_dict(full=False)
+        )
 
     # -- state ---------------------------------------------------------------------------------------------
 
-    def _record(self, report: reconcile.Report) -> None:
-        self.report = report
+    def _record(self, report: reconcile.Report, seconds: float) -> None:
+        self.report, self.report_at, self.report_seconds = report, time.time(), seconds
         self.problems = report.problems
         metrics.CONFIG_VALID.set(0 if report.problems else 1)
         metrics.RECONCILES.labels(result="ok" if report.ok else "failed").inc()
@@ -245,66 +358,111 @@ class Service:
         if report.ok:
             self.last_success = time.time()
             metrics.LAST_SUCCESS.set(self.last_success)
-        self.ready = report.ok
+        if report.problems:
+            self.rejected_revision = report.revision
+            self._event(
+                "config.invalid",
+                level="error",
+                revision=report.revision,
+                live_revision=self.revision,
+                problems=[str(p) for p in report.problems],
+                kept="the last good configuration stays applied" if self.cfg else "nothing is applied",
+            )
+            return
+        failed = {
+            repo: [f"{r.tenant}: {r.error}" for r in results if r.status == "failed"]
+            for repo, results in report.tenants.items()
+            if any(r.status == "failed" for r in results)
+        }
         self._event(
             "reconcile.done",
             level="info" if report.ok else "error",
             revision=report.revision,
             ok=report.ok,
-            problems=[str(p) for p in report.problems],
+            reason=None
+            if report.ok
+            else "; ".join([*report.errors, *(f"{k}: {len(v)} tenant(s) failed" for k, v in failed.items())]),
             generated=report.generated,
             errors=[db.redact(e) for e in report.errors],
-            tenants_failed={
-                repo: [f"{r.tenant}: {r.error}" for r in results if r.status == "failed"]
-                for repo, results in report.tenants.items()
-                if any(r.status == "failed" for r in results)
-            },
+            tenants_failed=failed,
         )
+
+    def _repo_failed(self, repo: str, error: str, *, job: str) -> None:
+        self.repos.setdefault(repo, {})["last_error"] = error
+        self._event(f"{job}.error", level="error", repo=repo, error=error)
+
+    def _gauge_tenants(self) -> None:
+        for repo in self.cfg.repos if self.cfg else ():
+            if repo.tenants is not None:
+                _, behind, failed = self.tenants.counts(repo.name)
+                metrics.TENANTS_FAILED.labels(repo=repo.name).set(failed)
+                metrics.TENANTS_BEHIND.labels(repo=repo.name).set(behind)
 
     def _event(self, name: str, *, level: str = "info", **fields: Any) -> None:
         if self.log is not None:
             getattr(self.log, level)(name, **fields)
 
-    def _remember_versions(self) -> None:
-        """The latest migration versions of every repo (what every target should be at), read by the job that
-        holds the lock, so /status never touches files or the database itself."""
+    def _remember(self, report: reconcile.Report) -> None:
+        """Per repo: the latest migration versions (what every target should be at), the database's name, the
+        applied global version and the last error, recorded by the job that holds the lock, so /status never
+        touches files or the database itself."""
         if self.cfg is None:
             return
         run = self.runner()
+        names = {repo.name for repo in self.cfg.repos}
+        for gone in [name for name in self.repos if name not in names]:
+            del self.repos[gone]
         for repo in self.cfg.repos:
+            info = self.repos.setdefault(repo.name, {})
+            info["last_error"] = report.repo_errors.get(repo.name)
             try:
-                latest = (
-                    max((m.version for m in run.migrations(repo)), default=None),
-                    max((m.version for m in run.tenant_migrations(repo)), default=None),
-                )
+                info["database"] = run.endpoint(repo).database
+                info["latest_version"] = max((m.version for m in run.migrations(repo)), default=None)
+                info["latest_tenant_version"] = max((m.version for m in run.tenant_migrations(repo)), default=None)
             except (OrchestratorError, psycopg.Error):
                 continue  # the report says what failed; the last versions known stay
-            self.latest[repo.name] = latest
-        self.endpoints.retain({repo.name for repo in self.cfg.repos})
+            if repo.name in report.applied:
+                info["global_version"] = info["latest_version"]
+        self.tenants.retain(names)
+        self.endpoints.retain(names)
+        self._gauge_tenants()
 
     def _repo_status(self, repo: model.Repo) -> dict[str, Any]:
-        """The latest versions and the last tenant outcomes, from what the jobs recorded."""
-        latest_global, latest_tenant = self.latest.get(repo.name, (None, None))
-        results = self.report.tenants.get(repo.name, []) if self.report else []
-        return {
+        info = self.repos.get(repo.name, {})
+        shown = {
             "name": repo.name,
+            "database": info.get("database"),
             "tenant_source": repo.tenants.kind if repo.tenants else None,
-            "latest_version": latest_global,
-            "latest_tenant_version": latest_tenant,
-            "tenants": len(results),
-            "tenants_failed": [r.tenant for r in results if r.status == "failed"],
+            "latest_version": info.get("latest_version"),
+            "global_version": info.get("global_version"),
+            "latest_tenant_version": info.get("latest_tenant_version"),
+            "last_error": info.get("last_error"),
         }
+        return shown | self.tenants.summary(repo)
 
     def status(self) -> dict[str, Any]:
         report = self.report
+        last = None
+        if report is not None:
+            last = {k: v for k, v in report.as_dict().items() if k != "problems"}
+            last |= {"at": self.report_at, "seconds": self.report_seconds}
         return {
-            "revision": report.revision if report else None,
-            "ready": self.ready,
+            "revision": self.revision,
+            "rejected_revision": self.rejected_revision,
             "config_valid": not self.problems,
             "problems": [p.as_dict() for p in self.problems],
+            "started": self.started,
+            "ready": self.ready,
+            "ready_reason": self.ready_reason(),
             "last_success": self.last_success,
+            "last_reconcile": last,
             "repos": [self._repo_status(r) for r in (self.cfg.repos if self.cfg else ())],
-            "last_reconcile": {k: v for k, v in report.as_dict().items() if k != "problems"} if report else None,
-            "rollouts": [vars(r) for r in self.rollouts.values()],
+            "rollouts": [r.as_dict(full=False) for r in self.rollouts.recent()],
             "recent_events": self.events.snapshot(),
+            "jobs": {name: job.as_dict() for name, job in self.jobs.items()},
         }
+
+
+def _stopped_before_start(record: ops.Rollout) -> None:
+    if record.status == "pending":
+        record.status, record.error, record.finished = "stopped", "the daemon stopped before it started", time.time()

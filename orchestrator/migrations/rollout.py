@@ -17,8 +17,8 @@ Where AshPostgres migrates tenants one at a time and stops at the first failure,
 from __future__ import annotations
 
 import collections
-import dataclasses
 import concurrent.futures as futures
+import dataclasses
 import sys
 import threading
 import time
