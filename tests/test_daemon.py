@@ -45,6 +45,7 @@ class Daemon:
         self, root: Path, url: str, config: Path, token: str | None = None, extra: tuple[str, ...] = ()
     ) -> None:
         self.root, self.url, self.port = root, url, free_port()
+        self.log = root / f"daemon-{self.port}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")} | {"APP_URL": url}
         if token:
             env["ORCHESTRATOR_API_TOKEN"] = token
@@ -60,13 +61,17 @@ class Daemon:
                 "1s",
                 "--listen",
                 f"127.0.0.1:{self.port}",
+                *extra,
             ],
             cwd=root,
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=self.log.open("w"),  # a file, not a pipe: a chatty daemon never blocks on a full pipe
+            stderr=subprocess.STDOUT,
             text=True,
         )
+
+    def logged(self) -> str:
+        return self.log.read_text()
 
     def get(self, path: str) -> tuple[int, Any]:
         try:
@@ -93,8 +98,8 @@ class Daemon:
 
     def stop(self) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGTERM)
-        _, err = self.proc.communicate(timeout=30)
-        return self.proc.returncode, err
+        self.proc.wait(timeout=30)
+        return self.proc.returncode, self.logged()
 
 
 def eventually(check: Callable[[], bool], seconds: float = 60) -> None:
@@ -311,7 +316,7 @@ def test_a_failing_tenant_is_retried_with_backoff(tmp_path: Path, database_url: 
 
     write(
         tmp_path / "config" / "repo.yaml",
-        REPO.replace('query: "SELECT name FROM public.registry ORDER BY 1"', "static: [good, bad]")
+        REPO.replace(REPO.splitlines()[5], "  tenants: {static: [good, bad], createSchemas: true}")
         + "  retry: {attempts: 1, initialDelay: 100ms}\n",
     )
     write(tmp_path / "config" / "notes.yaml", res("note", "notes", ID, CONTEXT))

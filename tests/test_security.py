@@ -169,8 +169,8 @@ def test_the_token_never_reaches_logs_status_or_metrics(tmp_path: Path, database
 def _stop(daemon: Daemon) -> tuple[int, str, str]:
     """SIGTERM; the exit code and everything the daemon printed."""
     daemon.proc.send_signal(signal.SIGTERM)
-    out, err = daemon.proc.communicate(timeout=60)
-    return daemon.proc.returncode, out, err
+    daemon.proc.wait(timeout=60)
+    return daemon.proc.returncode, "", daemon.logged()
 
 
 # -- passwords in URLs -------------------------------------------------------------------------------------
