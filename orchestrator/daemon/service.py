@@ -177,7 +177,7 @@ class Service:
             return None
         if self.cfg is None:
             return self.ready_reason()
-        failing = {name: info["last_error"] for name, info in self.repos.items() if info.get("last_error")}
+        failing = {name: info["last_error"] for name, info in dict(self.repos).items() if info.get("last_error")}
         if failing:
             return "global migrations not applied: " + "; ".join(f"{k}: {v}" for k, v in failing.items())
         return "the first reconcile has not finished"
