@@ -339,7 +339,7 @@ def test_a_failing_tenant_is_retried_with_backoff(tmp_path: Path, database_url: 
 
         def retried() -> bool:
             service.tenants_job()  # a pass; the tenant is tried once its backoff (200 ms) has run out
-            return service.status()["repos"][0]["tenants_failed"] == []
+            return bool(service.status()["repos"][0]["tenants_failed"] == [])
 
         wait_for(retried, "the failed tenant to be retried after its backoff", timeout=30, interval=0.05)
         assert columns(database_url, "bad", "notes") == ["id"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import config
+from orchestrator import config, model
 from orchestrator.daemon import rollouts
 from tests.conftest import write
 
@@ -19,13 +19,13 @@ spec:
 
 
 @pytest.fixture
-def cfg(tmp_path: Path) -> config.model.Config:
+def cfg(tmp_path: Path) -> model.Config:
     write(tmp_path / "app.yaml", REPO.format(name="app", tenants="  tenants: {static: [acme, globex]}\n"))
     write(tmp_path / "analytics.yaml", REPO.format(name="analytics", tenants=""))
     return config.load(tmp_path, base=tmp_path)
 
 
-def test_a_good_body_names_the_repo_of_the_tenants(cfg: config.model.Config) -> None:
+def test_a_good_body_names_the_repo_of_the_tenants(cfg: model.Config) -> None:
     assert rollouts.parse({}, cfg) == rollouts.Request()
     request = rollouts.parse({"tenants": ["acme"], "dry_run": True}, cfg)
     assert request == rollouts.Request("app", ("acme",), True), "the only repo with tenants is implied"
@@ -48,7 +48,7 @@ def test_a_good_body_names_the_repo_of_the_tenants(cfg: config.model.Config) -> 
         ({"repo": "analytics", "tenants": ["acme"]}, "repo 'analytics' has no tenants"),
     ],
 )
-def test_bad_bodies_are_refused_with_the_reason(cfg: config.model.Config, body: object, reason: str) -> None:
+def test_bad_bodies_are_refused_with_the_reason(cfg: model.Config, body: object, reason: str) -> None:
     with pytest.raises(rollouts.BadRollout) as refused:
         rollouts.parse(body, cfg)
     assert reason in str(refused.value)
