@@ -8,8 +8,8 @@ without one cannot be steered over the network at all.
 from __future__ import annotations
 
 import hmac
-import html
 import json
+import time
 from typing import Any
 
 import psycopg
@@ -21,6 +21,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from orchestrator import db
+from orchestrator.daemon import page as status_page
 from orchestrator.daemon.rollouts import BadRollout
 from orchestrator.daemon.service import Service
 from orchestrator.errors import OrchestratorError
@@ -73,7 +74,7 @@ def app(service: Service, token: str | None) -> Starlette:
         return JSONResponse(record.as_dict())
 
     async def page(_: Request) -> Response:
-        return HTMLResponse(_page(service.status()))
+        return HTMLResponse(status_page.render(service.status(), time.time()))
 
     return Starlette(
         routes=[
@@ -98,28 +99,3 @@ def _authorize(request: Request, token: str | None) -> Response | None:
     if not hmac.compare_digest(given.encode(), expected.encode()):
         return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
     return None
-
-
-def _page(status: dict[str, Any]) -> str:
-    rows = []
-    last = status.get("last_reconcile") or {}
-    for repo in status["repos"]:
-        tenants = (last.get("tenants") or {}).get(repo["name"], [])
-        failed = [t for t in tenants if t["status"] == "failed"]
-        rows.append(
-            f"<tr><td>{html.escape(repo['name'])}</td><td>{len(tenants)}</td><td>{len(failed)}</td>"
-            f"<td>{html.escape(', '.join(t['tenant'] for t in failed))}</td></tr>"
-        )
-    problems = "".join(
-        f"<li>{html.escape(p['file'])}:{p['line']}: {html.escape(p['field'])}: {html.escape(p['message'])}</li>"
-        for p in status["problems"]
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>orchestrator</title></head><body>"
-        f"<h1>orchestrator</h1><p>revision {html.escape(str(status['revision']))} — "
-        f"{'ready' if status['ready'] else 'not ready'}</p>"
-        f"{'<h2>Manifest errors</h2><ul>' + problems + '</ul>' if problems else ''}"
-        "<table border='1'><tr><th>repo</th><th>tenants</th><th>failed</th><th>which</th></tr>"
-        f"{''.join(rows)}</table><p><a href='/status'>status JSON</a> · <a href='/metrics'>metrics</a></p>"
-        "</body></html>"
-    )
