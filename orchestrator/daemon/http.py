@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from typing import Any
 
 import psycopg
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
