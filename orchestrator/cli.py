@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -153,6 +153,22 @@ def _parser() -> argparse.ArgumentParser:
     regen.add_argument("-m", "--migrate", action="store_true", help="migrate afterwards")
     regen.add_argument("--name", help="migration name (default: migrate_resources)")
     regen.set_defaults(handler=cmd_regen)
+
+    withdraw = sub.add_parser(
+        "withdraw",
+        parents=[common],
+        help="delete the newest generated migration(s) and their snapshots, when applied nowhere",
+    )
+    withdraw.add_argument(
+        "version",
+        nargs="?",
+        type=int,
+        metavar="VERSION",
+        help="a version of the newest generation (default: all of it; its tenant migration's: that part only)",
+    )
+    withdraw.add_argument("--repo", help="only this repo")
+    withdraw.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
+    withdraw.set_defaults(handler=cmd_withdraw)
 
     serve = sub.add_parser("serve", parents=[common], help="the daemon: reconcile on change, serve status over HTTP")
     serve.add_argument("--interval", type=_duration_s, default=30.0, metavar="D", help="how often to check (30s)")
@@ -315,14 +331,30 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return _tenant_rollout(args, "up")
     if args.retry_failed or args.only_tenants or args.except_tenants:
         raise BadInputError("--retry-failed, --only-tenants and --except-tenants go with --tenants")
-    report = []
     with _runner(args) as run:
-        for repo in run.repos(args.repo):
-            done = run.migrate(repo, to=args.to, step=args.step, strict=args.strict_version_order, dry_run=args.dry_run)
-            report.append({"repo": repo.name, "applied": [m.path.name for m in done], "dry_run": args.dry_run})
+        report = _migrate_globals(
+            run, args.repo, to=args.to, step=args.step, strict=args.strict_version_order, dry_run=args.dry_run
+        )
     if args.json:
         _print_json({"repos": report})
     return EXIT_OK
+
+
+def _migrate_globals(
+    run: Any,
+    repo: str | None,
+    *,
+    to: int | None = None,
+    step: int | None = None,
+    strict: bool = False,
+    dry_run: bool = False,
+) -> list[dict[str, Any]]:
+    """``migrate``'s global part: each repo's pending global migrations; the ``--json`` rows."""
+    report = []
+    for item in run.repos(repo):
+        done = run.migrate(item, to=to, step=step, strict=strict, dry_run=dry_run)
+        report.append({"repo": item.name, "applied": [m.path.name for m in done], "dry_run": dry_run})
+    return report
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -354,22 +386,40 @@ def _tenant_rollout(args: argparse.Namespace, direction: str) -> int:
         dry_run=args.dry_run,
         strict=getattr(args, "strict_version_order", False),
     )
-    reports = []
     with _runner(args) as run:
-        for repo in run.repos(args.repo):
-            if repo.tenants is None:
-                if args.repo:
-                    raise BadInputError(f"repo {repo.name!r} has no tenants source (spec.tenants)")
-                continue
-            results = run.tenant_rollout(repo, progress=sys.stderr.isatty() and not args.json).run(options)
-            reports.append((repo.name, results))
+        reports = _roll_out(run, args.repo, options, progress=sys.stderr.isatty() and not args.json)
     if args.json:
-        _print_json({"repos": [{"repo": name, "tenants": [r.as_dict() for r in results]} for name, results in reports]})
+        _print_json({"repos": _rollout_json(reports)})
     elif not args.dry_run:
         for name, results in reports:
             _print_rollout(name, results)
-    unfinished = any(r.status in ("failed", "held") for _, results in reports for r in results)
-    return EXIT_FAILED if unfinished else EXIT_OK
+    return EXIT_FAILED if _any_failed(reports) else EXIT_OK
+
+
+Rollouts = list[tuple[str, list[Any]]]
+"""Per repo with a tenant source: its name and one ``rollout.TenantResult`` per tenant."""
+
+
+def _roll_out(run: Any, repo: str | None, options: Any, *, progress: bool) -> Rollouts:
+    """``migrate --tenants`` / ``rollback --tenants``: the rollout of every repo with a tenant source (a repo
+    named with --repo must have one)."""
+    reports = []
+    for item in run.repos(repo):
+        if item.tenants is None:
+            if repo:
+                raise BadInputError(f"repo {item.name!r} has no tenants source (spec.tenants)")
+            continue
+        reports.append((item.name, run.tenant_rollout(item, progress=progress).run(options)))
+    return reports
+
+
+def _rollout_json(reports: Rollouts) -> list[dict[str, Any]]:
+    return [{"repo": name, "tenants": [r.as_dict() for r in results]} for name, results in reports]
+
+
+def _any_failed(reports: Rollouts) -> bool:
+    """A tenant failed, or was held back by a canary: the rollout did not finish."""
+    return any(r.status in ("failed", "held") for _, results in reports for r in results)
 
 
 def _print_rollout(repo: str, results: list[Any]) -> None:
@@ -449,6 +499,9 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_regen(args: argparse.Namespace) -> int:
+    """Roll back and delete what git does not track, generate again, and with ``-m`` migrate globals and then
+    every tenant. ``--json``: one document whose parts are what ``rollback``, ``generate-migrations``,
+    ``migrate`` and ``migrate --tenants`` print with ``--json``, plus the deleted files."""
     from orchestrator.migrations import regen
 
     if args.state != "files":
@@ -456,18 +509,90 @@ def cmd_regen(args: argparse.Namespace) -> int:
     from orchestrator.generator import generate
 
     regen.check_checkout(args.root)
+    doc: dict[str, Any] = {"rollback": None, "deleted": [], "generate": None, "migrate": None, "migrate_tenants": None}
+    code = EXIT_OK
     with _runner(args) as run:
-        doomed = [path for repo in run.repos(None) for path in regen.roll_back_untracked(run, repo)]
-        for path in doomed:
-            path.unlink()
-            print(f"deleted {_shown(path, args.root)}")
-        result = generate.plan(run.cfg, run.store, name=args.name, root=args.root)
-        _print_plan(result, args.root, preview=False)
-        result.write(state.FileStore(args.root))  # regen works on files only
-        if args.migrate:
-            for repo in run.repos(None):
-                run.migrate(repo)
+        rollbacks = regen.roll_back_untracked(run, run.repos(None))
+        doc["rollback"] = {"repos": [r.as_dict() for r in rollbacks]}
+        failed = [r for r in rollbacks if r.failed]
+        if failed:
+            code = _regen_error(args, doc, f"{failed[0].error}; nothing was deleted or generated")
+            if failed[0].tenants and not args.json:
+                _print_rollout(failed[0].repo, failed[0].tenants)
+        else:
+            for path in (path for r in rollbacks for path in r.files):
+                path.unlink()
+                doc["deleted"].append(_shown(path, args.root))
+                if not args.json:
+                    print(f"deleted {_shown(path, args.root)}")
+            result = generate.plan(run.cfg, run.store, name=args.name, root=args.root)
+            result.write(state.FileStore(args.root))  # regen works on files only
+            doc["generate"] = _plan_json(result, args.root)
+            if not args.json:
+                _print_plan(result, args.root, preview=False)
+            if args.migrate:
+                code = _regen_migrate(run, args, doc)
+    if args.json:
+        _print_json(doc)
+    return code
+
+
+def _regen_migrate(run: Any, args: argparse.Namespace, doc: dict[str, Any]) -> int:
+    """``migrate`` then ``migrate --tenants``, their reports in ``doc``; exit 1 when a target failed."""
+    from orchestrator.migrations import rollout
+
+    try:
+        doc["migrate"] = {"repos": _migrate_globals(run, None)}
+    except OrchestratorError as exc:  # a global migration failed: no tenant is started
+        return _regen_error(args, doc, str(exc), exc.exit_code)
+    reports = _roll_out(run, None, rollout.Options(), progress=sys.stderr.isatty() and not args.json)
+    doc["migrate_tenants"] = {"repos": _rollout_json(reports)}
+    if not args.json:
+        for name, results in reports:
+            _print_rollout(name, results)
+    return EXIT_FAILED if _any_failed(reports) else EXIT_OK
+
+
+def _regen_error(args: argparse.Namespace, doc: dict[str, Any], message: str, code: int = EXIT_FAILED) -> int:
+    doc["error"] = message
+    if not args.json:
+        print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_withdraw(args: argparse.Namespace) -> int:
+    from orchestrator.migrations import withdraw
+
+    with _runner(args) as run:
+        try:
+            done = withdraw.withdraw(run, run.repos(args.repo), args.version, dry_run=args.dry_run)
+        except withdraw.AppliedError as exc:
+            if args.json:
+                _print_json({"error": str(exc), "applied": exc.places})
+            else:
+                print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+    if args.json:
+        _print_json({"repos": [w.as_dict() | {"dry_run": args.dry_run} for w in done]})
+    else:
+        _print_withdrawals(done, args.dry_run)
     return EXIT_OK
+
+
+def _print_withdrawals(done: list[Any], dry_run: bool) -> None:
+    would = "would " if dry_run else ""
+    for item in done:
+        names = ", ".join(f"{PurePosixPath(e.path).name} ({e.scope})" for e in item.migrations)
+        print(
+            f"{item.repo}: {'would withdraw' if dry_run else 'withdrew'} {names}: applied nowhere "
+            f"(checked {item.schemas} schemas with schema_migrations, {item.tenants} listed tenants)"
+        )
+        for path in item.deleted:
+            print(f"  {would}delete {path}")
+        for path in item.rewritten:
+            print(f"  {would}rewrite {path}")
+    if not dry_run:
+        print("the previous snapshots are the newest again: fix the manifests, then generate-migrations")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

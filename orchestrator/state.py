@@ -12,7 +12,7 @@ replicas generating at once produce one migration, not two; the file store needs
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +30,10 @@ class Store(Protocol):
 
     def write(self, files: Mapping[str, str]) -> None:
         """Write (or replace) files, all or none."""
+        ...
+
+    def delete(self, paths: Sequence[str]) -> None:
+        """Delete files (relative paths; a missing one is no error); the database store: all or none."""
         ...
 
     def generating(self) -> contextlib.AbstractContextManager[None]:
@@ -54,6 +58,16 @@ class FileStore:
             path = self.root / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+
+    def delete(self, paths: Sequence[str]) -> None:
+        """Delete the files, then the directories that became empty (a table's snapshot folder)."""
+        for relative in paths:
+            path = self.root / relative
+            path.unlink(missing_ok=True)
+            parent = path.parent
+            while parent not in (self.root, parent.parent) and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
 
     def generating(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()

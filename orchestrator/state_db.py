@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,10 @@ class DatabaseStore:
                     ).format(_TABLE),
                     (path, body),
                 )
+
+    def delete(self, paths: Sequence[str]) -> None:
+        with self._connection() as conn, conn.transaction():
+            conn.execute(sql.SQL("DELETE FROM {} WHERE path = ANY (%s)").format(_TABLE), (list(paths),))
 
     @contextmanager
     def generating(self) -> Iterator[None]:

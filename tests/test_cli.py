@@ -80,6 +80,9 @@ def test_help_lists_only_working_commands() -> None:
     result = run_cli("--help", cwd=REPO_ROOT)
     assert result.code == 0
     assert "validate" in result.out and "tenants" in result.out
+    assert "withdraw" in result.out and "when applied nowhere" in result.out
+    usage = run_cli("withdraw", "--help", cwd=REPO_ROOT)
+    assert usage.code == 0 and "[VERSION]" in usage.out and "--dry-run" in usage.out
     assert "not implemented" not in result.out.lower()
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
+from tests import conftest
 from tests.conftest import run_cli, write
 from tests.harness import res
 
 REPO = "apiVersion: orchestrator/v1\nkind: Repo\nmetadata: {name: app}\nspec:\n  url: ${APP_URL}\n"
 ID = "    - {name: id, type: bigint, primaryKey: true}\n"
+TENANTS = "  tenants: {static: [t1, t2], createSchemas: true}\n"
+CONTEXT = "  multitenancy: {strategy: context}\n"
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t",
     "GIT_AUTHOR_EMAIL": "t@example.com",
@@ -78,3 +83,83 @@ def test_regen_outside_git_is_refused(tmp_path: Path) -> None:
     write(tmp_path / "config/repo.yaml", REPO)
     result = run_cli("regen", cwd=tmp_path, env={"APP_URL": "postgresql://nowhere.invalid/x"})
     assert result.code == 2 and "regen needs a git checkout" in result.err
+
+
+def committed_project(root: Path, env: dict[str, str], tasks: str = ID) -> None:
+    """A git checkout with a global table and a tenant table, committed and migrated everywhere (t1, t2)."""
+    write(root / "config/repo.yaml", REPO + TENANTS)
+    write(root / "config/things.yaml", res("thing", "things", ID))
+    write(root / "config/tasks.yaml", res("task", "tasks", tasks, CONTEXT))
+    git(root, "init", "-q")
+    assert run_cli("generate-migrations", "--name", "init", cwd=root, env=env).code == 0
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "init")
+    assert run_cli("migrate", cwd=root, env=env).code == 0
+    result = run_cli("migrate", "--tenants", cwd=root, env=env)
+    assert result.code == 0, result.out + result.err
+
+
+def test_regen_rolls_back_and_migrates_tenants(tmp_path: Path, database_url: str) -> None:
+    env = {"APP_URL": database_url}
+    committed_project(tmp_path, env)
+
+    # iteration 1: a global table and a tenant column; iteration 2: a tenant column and a tenant foreign key
+    # to the new global table (so the tenants must be rolled back before the globals)
+    write(tmp_path / "config/labels.yaml", res("label", "labels", ID))
+    write(tmp_path / "config/tasks.yaml", res("task", "tasks", ID + "    - {name: a, type: text}\n", CONTEXT))
+    for step in ("wip1", "wip2"):
+        assert run_cli("generate-migrations", "--name", step, cwd=tmp_path, env=env).code == 0
+        assert run_cli("migrate", cwd=tmp_path, env=env).code == 0
+        result = run_cli("migrate", "--tenants", cwd=tmp_path, env=env)
+        assert result.code == 0, result.out + result.err
+        more = "    - {name: a, type: text}\n    - {name: b, type: text}\n"
+        more += "    - {name: label_id, type: bigint, references: {resource: label}}\n"
+        write(tmp_path / "config/tasks.yaml", res("task", "tasks", ID + more, CONTEXT))
+    for tenant in ("t1", "t2"):
+        assert conftest.columns(database_url, tenant, "tasks") == ["id", "a", "b", "label_id"]
+
+    result = run_cli("regen", "-m", "--json", "--name", "add_a_b", cwd=tmp_path, env=env)
+    assert result.code == 0, result.out + result.err
+    doc = json.loads(result.out)
+    [rolled] = doc["rollback"]["repos"]
+    assert [f.split("_", 1)[1] for f in rolled["rolled_back"]] == ["wip1.sql"]
+    assert {t["tenant"]: (t["status"], len(t["applied"])) for t in rolled["tenants"]} == {
+        "t1": ("rolled back", 2),
+        "t2": ("rolled back", 2),
+    }
+    deleted = [p for p in doc["deleted"] if p.endswith(".sql")]
+    assert len(deleted) == 3 and all("_wip" in p for p in deleted)
+    generated = {m["scope"]: m["path"] for m in doc["generate"]["migrations"]}
+    assert set(generated) == {"global", "tenant"} and all(p.endswith("_add_a_b.sql") for p in generated.values())
+    [migrated] = doc["migrate"]["repos"]
+    assert migrated["applied"] == [Path(generated["global"]).name]
+    [tenants] = doc["migrate_tenants"]["repos"]
+    assert {t["tenant"]: (t["status"], t["applied"]) for t in tenants["tenants"]} == {
+        "t1": ("migrated", [Path(generated["tenant"]).name]),
+        "t2": ("migrated", [Path(generated["tenant"]).name]),
+    }
+    assert conftest.columns(database_url, "public", "labels") == ["id"]
+    for tenant in ("t1", "t2"):
+        assert conftest.columns(database_url, tenant, "tasks") == ["id", "a", "b", "label_id"]
+        with psycopg.connect(database_url) as conn:
+            query = sql.SQL("SELECT max(version) FROM {}").format(sql.Identifier(tenant, "schema_migrations"))
+            newest = conn.execute(query).fetchone()
+        assert newest is not None and str(newest[0]) == Path(generated["tenant"]).name[:14]
+    status = run_cli("status", "--tenants", cwd=tmp_path, env=env)
+    assert status.code == 0, status.out + status.err
+
+
+def test_regen_migrate_reports_a_failing_tenant(tmp_path: Path, database_url: str) -> None:
+    env = {"APP_URL": database_url}
+    committed_project(tmp_path, env)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("INSERT INTO t2.tasks (id) VALUES (1)")  # a NOT NULL column without default fails there
+
+    required = ID + "    - {name: c, type: text, allowNull: false}\n"
+    write(tmp_path / "config/tasks.yaml", res("task", "tasks", required, CONTEXT))
+    result = run_cli("regen", "-m", "--name", "add_c", cwd=tmp_path, env=env)
+    assert result.code == 1, result.out + result.err
+    assert "app: 2 tenants: 1 failed, 1 migrated" in result.out
+    assert [line.split()[:2] for line in result.out.splitlines() if " failed " in line] == [["t2", "failed"]]
+    assert conftest.columns(database_url, "t1", "tasks") == ["id", "c"]
+    assert conftest.columns(database_url, "t2", "tasks") == ["id"]

@@ -1,20 +1,62 @@
 """``regen``: the AshPostgres guide's regen script, built in.
 
 While iterating on a change, migrations are generated, applied, then the resources change again. ``regen``
-rolls back the migrations git does not track yet (per repo, newest first; tenant ones in every tenant), deletes
-them and the snapshots git does not track, and generates again — one clean migration instead of a trail of
-small ones; ``-m`` migrates afterwards. Tracked (committed) migrations are never touched. Outside a git
-checkout it refuses: it could not tell new files from reviewed ones.
+rolls back the migrations git does not track yet, deletes them and the snapshots git does not track, and
+generates again — one clean migration instead of a trail of small ones; ``-m`` migrates afterwards (globals,
+then every tenant). Tracked (committed) migrations are never touched. Outside a git checkout it refuses: it
+could not tell new files from reviewed ones.
+
+Rolling back is the reverse of migrating: every repo is checked first (an untracked migration older than a
+committed, applied one is refused before anything runs), then per repo the tenants are rolled back before the
+globals, since a new tenant table may reference a new global one. A repo whose tenants fail to roll back keeps
+its globals and files, and regen stops there (as after a global down that fails): nothing is deleted, the
+caller reports what was rolled back and exits 1.
 """
 
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from orchestrator import model
 from orchestrator.errors import BadInputError
-from orchestrator.migrations import files, runner
+from orchestrator.migrations import files, loop, rollout, runner
+from orchestrator.migrations.loop import Action
+
+
+@dataclass(frozen=True)
+class Untracked:
+    """What git does not track in one repo, and what of it must be rolled back before it is deleted."""
+
+    repo: model.Repo
+    files: list[Path]  # migrations and snapshots, to delete
+    global_count: int  # the newest applied global migrations that are untracked
+    tenant_from: int | None  # the oldest untracked tenant migration (tenants roll back to just below it)
+
+
+@dataclass
+class Rollback:
+    """What rolling back one repo's untracked migrations did."""
+
+    repo: str
+    files: list[Path]
+    rolled_back: list[str] = field(default_factory=list)  # global migration files, newest first
+    tenants: list[rollout.TenantResult] = field(default_factory=list)
+    error: str | None = None  # why the rollback stopped (a tenant, or a global migration's down, failed)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "repo": self.repo,
+            "rolled_back": self.rolled_back,
+            "tenants": [r.as_dict() for r in self.tenants],
+            "error": self.error,
+        }
 
 
 def untracked(root: Path, path: str) -> list[Path]:
@@ -45,12 +87,25 @@ def check_checkout(root: Path) -> None:
         )
 
 
-def roll_back_untracked(run: runner.Runner, repo: model.Repo) -> list[Path]:
-    """Roll back the applied migrations git does not track; return the untracked files to delete."""
-    new_files = untracked(run.root, repo.migrations_path) + untracked(run.root, repo.tenant_migrations_path)
-    global_new = {files.parse(p).version for p in untracked(run.root, repo.migrations_path) if p.suffix == ".sql"}
-    applied = [version for version, _, _ in run.status(repo).applied]
-    newest_first = sorted(applied, reverse=True)
+def roll_back_untracked(run: runner.Runner, repos: tuple[model.Repo, ...]) -> list[Rollback]:
+    """Check every repo, then roll back each one's untracked migrations (tenants first); stop after a repo
+    whose tenants failed. Return one ``Rollback`` per repo handled."""
+    found = [find_untracked(run, repo) for repo in repos]
+    done = []
+    for item in found:
+        done.append(_roll_back(run, item))
+        if done[-1].failed:
+            break
+    return done
+
+
+def find_untracked(run: runner.Runner, repo: model.Repo) -> Untracked:
+    """The repo's untracked files and what of them is applied; refuse (BadInputError) untracked migrations
+    older than a committed one, which cannot be rolled back alone."""
+    global_files = untracked(run.root, repo.migrations_path)
+    tenant_files = untracked(run.root, repo.tenant_migrations_path)
+    global_new = _versions(global_files)
+    newest_first = sorted((version for version, _, _ in run.status(repo).applied), reverse=True)
     count = 0
     while count < len(newest_first) and newest_first[count] in global_new:
         count += 1
@@ -60,23 +115,34 @@ def roll_back_untracked(run: runner.Runner, repo: model.Repo) -> list[Path]:
             f"{repo.name}: untracked migration {stranded[0]} is older than a committed one that "
             "is applied; roll back by hand"
         )
-    if count:
-        run.rollback(repo, step=count)
-    tenant_new = [
-        files.parse(p).version for p in untracked(run.root, repo.tenant_migrations_path) if p.suffix == ".sql"
-    ]
-    tracked = [m.version for m in run.tenant_migrations(repo) if m.version not in set(tenant_new)]
-    if tenant_new and any(version > min(tenant_new) for version in tracked):
+    tenant_new = _versions(tenant_files)
+    tracked = [m.version for m in run.tenant_migrations(repo) if m.version not in tenant_new]
+    oldest = min(tenant_new) if tenant_new else None
+    if oldest is not None and any(version > oldest for version in tracked):
         raise BadInputError(
-            f"{repo.name}: untracked tenant migration {min(tenant_new)} is older than a committed one; "
-            "roll back by hand"
+            f"{repo.name}: untracked tenant migration {oldest} is older than a committed one; roll back by hand"
         )
-    if tenant_new and repo.tenants is not None:
-        from orchestrator.migrations import rollout
-        from orchestrator.migrations.loop import Action
+    snapshots = untracked(run.root, repo.snapshots_path)
+    return Untracked(repo, global_files + tenant_files + snapshots, count, oldest)
 
-        results = run.tenant_rollout(repo).run(rollout.Options(action=Action.ROLLBACK, to=min(tenant_new) - 1))
-        failed = [r.tenant for r in results if r.status == "failed"]
+
+def _roll_back(run: runner.Runner, item: Untracked) -> Rollback:
+    result = Rollback(item.repo.name, item.files)
+    if item.tenant_from is not None and item.repo.tenants is not None:
+        options = rollout.Options(action=Action.ROLLBACK, to=item.tenant_from - 1)
+        result.tenants = run.tenant_rollout(item.repo).run(options)
+        failed = [r.tenant for r in result.tenants if r.status == "failed"]
         if failed:
-            raise BadInputError(f"{repo.name}: rolling back untracked tenant migrations failed in {', '.join(failed)}")
-    return new_files + untracked(run.root, repo.snapshots_path)
+            result.error = f"{item.repo.name}: rolling back untracked tenant migrations failed in {', '.join(failed)}"
+            return result
+    if item.global_count:
+        try:
+            result.rolled_back = [m.path.name for m in run.rollback(item.repo, step=item.global_count)]
+        except loop.TargetFailed as exc:  # what was rolled back before stays rolled back
+            result.rolled_back = [m.path.name for m in exc.done]
+            result.error = str(exc)
+    return result
+
+
+def _versions(paths: list[Path]) -> set[int]:
+    return {files.parse(p).version for p in paths if p.suffix == ".sql"}
