@@ -230,6 +230,7 @@ def _duration_s(text: str) -> float:
 def cmd_serve(args: argparse.Namespace) -> int:
     from orchestrator.daemon import reconcile, serve, service
 
+    _check_urls_at_start(args)
     if args.once:
         report = reconcile.reconcile(
             args.config, args.root, state_kind=args.state, generate_migrations=not args.no_generate
@@ -257,6 +258,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+def _check_urls_at_start(args: argparse.Namespace) -> None:
+    """``serve`` exits 2 at once when the environment leaves a repo without its URL (an unset variable, or no URL
+    with the embedded server switched off): that cannot change while the process runs. Invalid manifests are
+    left to the daemon, which reports them and keeps serving (``--once``: reports them, exit 2)."""
+    try:
+        cfg = config.load(args.config)
+    except ConfigError:
+        return
+    db.check_urls(cfg.repos, args.root)
+
+
 def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
@@ -272,7 +284,7 @@ def _runner(args: argparse.Namespace) -> Any:
     from orchestrator.migrations import runner  # psycopg only for commands that use a database
 
     cfg = config.load(args.config)
-    _select_repos(cfg, getattr(args, "repo", None))
+    db.check_urls(_select_repos(cfg, getattr(args, "repo", None)), args.root)
     return runner.Runner(cfg, args.root, sink=_sink(args), state_kind=args.state)
 
 
@@ -302,7 +314,9 @@ def cmd_create(args: argparse.Namespace) -> int:
     from orchestrator import db
 
     cfg = config.load(args.config)
-    for repo in _select_repos(cfg, args.repo):
+    repos = _select_repos(cfg, args.repo)
+    db.check_urls(repos, args.root)
+    for repo in repos:
         created = db.create_database(repo, args.root)
         print(f"{repo.name}: {'created' if created else 'already exists'}")
     return EXIT_OK
@@ -313,6 +327,7 @@ def cmd_drop(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.config)
     repos = _select_repos(cfg, args.repo)
+    db.check_urls(repos, args.root)
     if not args.force:
         if not sys.stdin.isatty():
             raise BadInputError("drop needs --force when not run on a terminal")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -28,7 +28,8 @@ def resolve_url(repo: model.Repo, root: Path, environ: Mapping[str, str] | None 
     """Return the repo's connection URL, or None when it uses the embedded server.
 
     ``${VAR}`` and ``${VAR:-default}`` are replaced from ``environ``; an unset variable without a default is a
-    located ``ConfigError``, as is an unreadable ``urlFile``.
+    located ``ConfigError``, as is an unreadable ``urlFile``, and so is a repo left without a URL while the
+    embedded server is switched off (``ORCHESTRATOR_EMBEDDED=0``, the container image).
     """
     env = os.environ if environ is None else environ
     if repo.url_file:
@@ -37,19 +38,64 @@ def resolve_url(repo: model.Repo, root: Path, environ: Mapping[str, str] | None 
             url = path.read_text().strip()
         except OSError as exc:
             raise _located(repo, "spec.urlFile", f"cannot read {path}: {exc.strerror}") from exc
-    elif repo.url:
-        missing = [m.group(1) for m in _VARIABLE.finditer(repo.url) if m.group(2) is None and m.group(1) not in env]
-        if missing:
-            raise _located(
-                repo,
-                "spec.url",
-                f"environment variable {missing[0]} is not set "
-                f"(write ${{{missing[0]}:-}} to fall back to the embedded PostgreSQL)",
-            )
-        url = _VARIABLE.sub(lambda m: env.get(m.group(1), m.group(2) or ""), repo.url).strip()
-    else:
-        url = ""
+        if not url and not embedded.enabled(env):
+            raise _located(repo, "spec.urlFile", f"{path} is empty; {_no_embedded(env)}")
+        return url or None
+    return _url_from_environment(repo, env)
+
+
+def _url_from_environment(repo: model.Repo, env: Mapping[str, str]) -> str | None:
+    """``spec.url`` interpolated (None: empty, the embedded server); errors as ``resolve_url``'s."""
+    allowed = embedded.enabled(env)
+    written = repo.url or ""
+    missing = [m.group(1) for m in _VARIABLE.finditer(written) if m.group(2) is None and m.group(1) not in env]
+    if missing:
+        fallback = f" (write ${{{missing[0]}:-}} to fall back to the embedded PostgreSQL)"
+        hint = fallback if allowed else f"; {_no_embedded(env)}"
+        raise _located(repo, "spec.url", f"environment variable {missing[0]} is not set{hint}")
+    url = _VARIABLE.sub(lambda m: env.get(m.group(1), m.group(2) or ""), written).strip()
+    if not url and not allowed:
+        raise _located(repo, "spec.url", f"no database URL ({_why_empty(written, env)}); {_no_embedded(env)}")
     return url or None
+
+
+def _why_empty(written: str, env: Mapping[str, str]) -> str:
+    """Why ``spec.url`` came out empty: the variables it names that are unset or empty, or that it is unset."""
+    names = list(dict.fromkeys(m.group(1) for m in _VARIABLE.finditer(written)))
+    if not names:
+        return "spec.url and spec.urlFile are not set" if not written else "spec.url is empty"
+    unset = [n for n in names if n not in env]
+    empty = [n for n in names if n in env and not env[n].strip()]
+    parts = [f"environment variable{'s' if len(unset) > 1 else ''} {_names(unset)} not set"] if unset else []
+    parts += [f"{_names(empty)} set but empty"] if empty else []
+    return " and ".join(parts) or "spec.url is empty"
+
+
+def _names(names: list[str]) -> str:
+    """``A is`` / ``A, B are``: variable names with their verb."""
+    return f"{names[0]} is" if len(names) == 1 else f"{', '.join(names)} are"
+
+
+def _no_embedded(env: Mapping[str, str]) -> str:
+    return f"the embedded PostgreSQL is switched off ({embedded.switch_setting(env)}), so the repo needs a database URL"
+
+
+def check_urls(repos: Sequence[model.Repo], root: Path) -> None:
+    """Resolve every repo's URL up front, so that a missing variable or (with the embedded server switched off)
+    a missing URL is reported for all repos at once, before a command writes or applies anything.
+
+    A ``urlFile`` is left for when it is used: a secrets agent may write it after the process started.
+    """
+    problems: list[Problem] = []
+    for repo in repos:
+        if repo.url_file:
+            continue
+        try:
+            resolve_url(repo, root)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
 
 
 def conninfo(repo: model.Repo, root: Path) -> str:
