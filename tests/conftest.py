@@ -61,15 +61,20 @@ def with_dbname(url: str, dbname: str) -> str:
     return conninfo.make_conninfo("", **params)
 
 
-@pytest.fixture
-def database_url(server_url: str) -> Iterator[str]:
-    """Return a URL for a fresh, empty database; drop it after the test."""
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A fixture's body: a URL for a fresh, empty database, dropped after the test."""
     name = f"orch_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     yield with_dbname(server_url, name)
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def database_url(server_url: str) -> Iterator[str]:
+    """Return a URL for a fresh, empty database; drop it after the test."""
+    yield from fresh_database(server_url)
 
 
 def columns(url: str, schema: str, table: str) -> list[str]:

@@ -61,6 +61,14 @@ def post_raw(daemon: Daemon, body: bytes, token: str = TOKEN) -> tuple[int, Any]
         return exc.code, json.loads(exc.read().decode() or "null")
 
 
+def start(root: Path, url: str, stopped: list[Daemon], repo_extra: str = "", extra: tuple[str, ...] = ()) -> Daemon:
+    """Write the manifests and start a daemon on them (stopped by the ``stopped`` fixture)."""
+    configure(root / "config", repo_extra)
+    daemon = Daemon(root, url, root / "config", token=TOKEN, extra=extra)
+    stopped.append(daemon)
+    return daemon
+
+
 @pytest.fixture
 def stopped() -> Iterator[list[Daemon]]:
     """Daemons a test started, stopped (SIGTERM, exit 0) at the end whatever happened."""
@@ -75,11 +83,9 @@ def stopped() -> Iterator[list[Daemon]]:
 def test_a_failing_tenant_stays_counted_over_ten_passes_then_clears(
     tmp_path: Path, database_url: str, stopped: list[Daemon]
 ) -> None:
-    configure(tmp_path / "config", "  retry: {attempts: 1, initialDelay: 100ms}\n")
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA broken; CREATE TABLE broken.notes (conflict int)")
-    daemon = Daemon(tmp_path, database_url, tmp_path / "config", token=TOKEN)
-    stopped.append(daemon)
+    daemon = start(tmp_path, database_url, stopped, "  retry: {attempts: 1, initialDelay: 100ms}\n")
     register(database_url, "acme", "broken")
     eventually(lambda: repo_status(daemon)["tenants_failed"] == ["broken"])
     seen, last = 0, tenant_passes(daemon)
@@ -110,9 +116,7 @@ def test_a_failing_canary_holds_every_other_tenant_including_new_ones(
     tmp_path: Path, database_url: str, stopped: list[Daemon]
 ) -> None:
     canary = "  rollout: {canary: [acme], concurrency: 2}\n  retry: {attempts: 1, initialDelay: 100ms}\n"
-    configure(tmp_path / "config", canary)
-    daemon = Daemon(tmp_path, database_url, tmp_path / "config", token=TOKEN)
-    stopped.append(daemon)
+    daemon = start(tmp_path, database_url, stopped, canary)
     register(database_url, "acme", "globex")
     eventually(
         lambda: columns(database_url, "globex", "notes") == ["id"] and repo_status(daemon)["tenants_current"] == 2
@@ -158,9 +162,7 @@ def test_a_failing_canary_holds_every_other_tenant_including_new_ones(
 def test_a_byte_identical_revert_recovers_within_an_interval(
     tmp_path: Path, database_url: str, stopped: list[Daemon]
 ) -> None:
-    configure(tmp_path / "config")
-    daemon = Daemon(tmp_path, database_url, tmp_path / "config", token=TOKEN)
-    stopped.append(daemon)
+    daemon = start(tmp_path, database_url, stopped)
     eventually(lambda: daemon.get("/startupz")[0] == 200)
     live = daemon.get("/status")[1]["revision"]
     good = (tmp_path / "config/accounts.yaml").read_bytes()
@@ -197,9 +199,7 @@ BAD_BODIES = [
 def test_bad_rollout_bodies_are_refused_with_the_reason(
     tmp_path: Path, database_url: str, stopped: list[Daemon]
 ) -> None:
-    configure(tmp_path / "config")
-    daemon = Daemon(tmp_path, database_url, tmp_path / "config", token=TOKEN)
-    stopped.append(daemon)
+    daemon = start(tmp_path, database_url, stopped)
     register(database_url, "acme")
     eventually(lambda: daemon.get("/startupz")[0] == 200)
     for body, reason in BAD_BODIES:
@@ -214,9 +214,7 @@ def test_bad_rollout_bodies_are_refused_with_the_reason(
 def test_liveness_fails_while_a_job_is_stuck_and_recovers(
     tmp_path: Path, database_url: str, stopped: list[Daemon]
 ) -> None:
-    configure(tmp_path / "config", "  timeouts: {lockTimeout: 120s}\n")
-    daemon = Daemon(tmp_path, database_url, tmp_path / "config", token=TOKEN, extra=("--stuck-after", "1s"))
-    stopped.append(daemon)
+    daemon = start(tmp_path, database_url, stopped, "  timeouts: {lockTimeout: 120s}\n", extra=("--stuck-after", "1s"))
     eventually(lambda: daemon.get("/startupz")[0] == 200)
     with psycopg.connect(database_url) as blocker:
         blocker.execute("LOCK TABLE public.accounts IN ACCESS EXCLUSIVE MODE")

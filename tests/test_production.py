@@ -13,18 +13,16 @@ import functools
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import psycopg
 import pytest
-from psycopg import sql
 
 from orchestrator import db, embedded, model
 from orchestrator.errors import ConfigError, DatabaseError
-from tests.conftest import REPO_ROOT, cli_env, run_cli, start_cli, wait_for, with_dbname, write
+from tests.conftest import REPO_ROOT, cli_env, fresh_database, run_cli, start_cli, wait_for, write
 
 SWITCHED_OFF = {embedded.SWITCH: "0"}
 
@@ -258,12 +256,7 @@ def test_the_clean_helper_stops_every_embedded_server_under_a_directory(embedded
 
 @pytest.fixture
 def second_database(server_url: str) -> Iterator[str]:
-    name = f"orch_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield with_dbname(server_url, name)
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    yield from fresh_database(server_url)
 
 
 def test_make_runs_steps_seed_the_example_tenants(tmp_path: Path, database_url: str, second_database: str) -> None:

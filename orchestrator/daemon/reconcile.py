@@ -137,6 +137,13 @@ def reconcile(
                 if repo.tenants is not None:
                     report.tenants[repo.name] = run.tenant_rollout(repo, stop=stop).run(rollout.Options())
             except (OrchestratorError, psycopg.Error) as exc:  # never raises: the report says it
-                report.repo_errors[repo.name] = db.redact(str(exc))
-                report.errors.append(db.redact(f"{repo.name}: {exc}"))
+                report.repo_errors[repo.name] = db.redact(_text(exc))
+                report.errors.append(db.redact(f"{repo.name}: {_text(exc)}"))
     return report
+
+
+def _text(exc: Exception) -> str:
+    """What went wrong, located: a configuration error (a URL its environment leaves unset) with each problem."""
+    if isinstance(exc, ConfigError):
+        return "; ".join(str(problem) for problem in exc.problems)
+    return str(exc)
