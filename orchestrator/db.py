@@ -12,7 +12,6 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -254,13 +253,18 @@ def prepare_session(conn: psycopg.Connection[Any]) -> tuple[int, Any]:
     return (int(row[3]), row[4]) if row else (conn.info.backend_pid, None)
 
 
-def redact(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (URL or key=value form)."""
-    if "://" in url:
-        parts = urlsplit(url)
-        netloc = re.sub(r"^([^:@/]*):[^@]*@", r"\1:***@", parts.netloc)  # the userinfo only: hosts stay as written
-        return re.sub(r"(password=)[^&]*", r"\1***", urlunsplit(parts._replace(netloc=netloc)))
-    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", url)
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@\"'<>]*):[^\s\"'<>]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&\s\"'<>]*")
+_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('[^']*'|[^\s\"'&<>]+)")
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every password replaced by ``***``: a URL's userinfo password and ``password=``
+    query parameters, wherever the URL sits in the text (an error message quoting a mistyped URL), and
+    libpq's ``password=...`` keyword."""
+    text = _USERINFO.sub(r"\1:***@", text)
+    text = _QUERY_PASSWORD.sub(r"\1***", text)
+    return _KEYWORD_PASSWORD.sub(r"\1***", text)
 
 
 def _first_line(exc: BaseException) -> str:

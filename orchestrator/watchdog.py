@@ -41,7 +41,8 @@ from psycopg.pq import TransactionStatus
 OnAbandon = Callable[[int, str], None]
 
 _PROBE = """
-SELECT p.pid, a.state, extract(epoch FROM a.state_change)::float8, extract(epoch FROM clock_timestamp())::float8,
+SELECT p.pid, CASE WHEN a.wait_event_type = 'Lock' THEN 'waiting for a lock' ELSE a.state END,
+    extract(epoch FROM a.state_change)::float8, extract(epoch FROM clock_timestamp())::float8,
     a.backend_start, a.query_start
 FROM unnest(%s::int[]) AS p(pid) LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid
 """
@@ -114,6 +115,7 @@ class Watchdog:
     connect: Callable[[str], psycopg.Connection[Any]] | None = None
     on_abandon: OnAbandon | None = None  # told of a connection abandoned while nobody set its own ``on_abandon``
     abandoned: int = 0
+    last_working: float = 0.0  # monotonic: when a watched statement was last seen executing (not lock-waiting)
     _watched: dict[int, Watched] = field(default_factory=dict)  # id(conn) -> entry
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -282,6 +284,9 @@ class Watchdog:
         if entry.busy_since is None:
             entry.busy_since = server_now
         if state == "active":
+            self.last_working = time.monotonic()  # the server is executing it: progress, however long it takes
+            return
+        if state == "waiting for a lock":  # bounded by the repo's lock_timeout; not progress
             return
         silent_since = max(changed or server_now, entry.busy_since)
         if server_now - silent_since > self.grace:

@@ -338,7 +338,7 @@ def test_a_failing_tenant_is_retried_with_backoff(tmp_path: Path, database_url: 
             conn.execute("DROP TABLE bad.notes")
 
         def retried() -> bool:
-            service.tenants_job()  # a pass; the tenant is tried once its backoff (200 ms) has run out
+            service.tenants_job()  # a pass; the tenant is tried once its backoff (100 ms) has run out
             return bool(service.status()["repos"][0]["tenants_failed"] == [])
 
         wait_for(retried, "the failed tenant to be retried after its backoff", timeout=30, interval=0.05)

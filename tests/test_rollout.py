@@ -336,3 +336,15 @@ def test_a_canary_left_out_of_a_run_holds_every_other_tenant_at_its_version(flee
     assert fleet.cli("migrate", "--tenants").code == 0
     for tenant in ("t000", "t001", "t002", "t003"):
         assert columns(fleet.url, tenant, "tasks") == ["id", "title", "done"]
+
+
+def test_a_canary_that_cannot_be_planned_holds_every_other_tenant(fleet: Fleet) -> None:
+    """The canary's schema has another tool's ``schema_migrations`` (dbmate's): nothing it would run is known to
+    work, so no other tenant is migrated, though the canary never ran and so never failed in the fan-out."""
+    fleet.configure(static(["t000", "t001", "t002"]), "{concurrency: 2, canary: [t000]}")
+    assert fleet.cli("generate-migrations").code == 0
+    fleet.sql("CREATE SCHEMA t000; CREATE TABLE t000.schema_migrations (version varchar(128) PRIMARY KEY)")
+    result = fleet.cli("migrate", "--tenants", "--json")
+    statuses = {t["tenant"]: t["status"] for t in json.loads(result.out)["repos"][0]["tenants"]}
+    assert result.code == 1 and statuses == {"t000": "failed", "t001": "held", "t002": "held"}
+    assert columns(fleet.url, "t001", "tasks") == [] and columns(fleet.url, "t002", "tasks") == []

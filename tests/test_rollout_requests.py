@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,19 @@ def test_finished_records_are_pruned_running_ones_kept() -> None:
     kept = {r.id for r in registry.recent()}
     assert running.id in kept and len(kept) == rollouts.KEPT + 2
     assert not any(r.id in kept for r in finished[:10]) and all(r.id in kept for r in finished[10:])
+
+
+def test_a_tenant_failing_for_ever_waits_at_most_ten_minutes(cfg: model.Config) -> None:
+    """The backoff doubles from ``retry.initialDelay`` and stops at 10 minutes, however many failures."""
+    from orchestrator.daemon import book
+    from orchestrator.migrations.rollout import TenantResult
+
+    repo = next(r for r in cfg.repos if r.name == "app")
+    tenants = book.Book()
+    delays = []
+    for _ in range(2000):
+        before = time.time()
+        tenants.merge(repo, [TenantResult("acme", "failed", error="boom")], complete=False)
+        delays.append(tenants.summary(repo)["failures"][0]["next_retry"] - before)
+    assert tenants.summary(repo)["failures"][0]["failures"] == 2000
+    assert delays[1] == pytest.approx(2 * delays[0], rel=0.2) and max(delays) <= book.MAX_BACKOFF_S + 1

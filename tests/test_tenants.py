@@ -161,6 +161,14 @@ def test_url_file_and_default_interpolation(tmp_path: Path, database_url: str) -
         ("postgresql://h/db?password=pw&sslmode=require", "postgresql://h/db?password=***&sslmode=require"),
         ("host=h password=pw dbname=d", "host=h password=*** dbname=d"),
         ("host=h password='p w' dbname=d", "host=h password=*** dbname=d"),
+        (
+            'app: missing "=" after "postgress://u:s3cret@h/db" in connection info string',
+            'app: missing "=" after "postgress://u:***@h/db" in connection info string',
+        ),
+        (
+            "a postgresql://u:p%40ss@h1,h2:5433/db?password=x and b postgres://v:w@[::1]/d",
+            "a postgresql://u:***@h1,h2:5433/db?password=*** and b postgres://v:***@[::1]/d",
+        ),
     ],
 )
 def test_redact(url: str, shown: str) -> None:

@@ -112,7 +112,7 @@ def _next(before: TenantState | None, result: TenantResult, repo: model.Repo, no
         return TenantState("current")
     if result.status == "failed":
         failures = (before.failures if before else 0) + 1
-        delay = min(repo.retry.initial_delay_ms / 1000 * 2**failures, MAX_BACKOFF_S)
+        delay = min(repo.retry.initial_delay_ms / 1000 * 2 ** min(failures - 1, 30), MAX_BACKOFF_S)
         since = before.since if before and before.since is not None else wall
         return TenantState("failed", result.error, failures, since, now + delay, wall + delay)
     if before is not None and before.status == "failed":

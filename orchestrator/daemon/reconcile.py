@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ class Report:
     tenants: dict[str, list[TenantResult]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     repo_errors: dict[str, str] = field(default_factory=dict)  # repo -> what stopped its migrations
+    cfg: model.Config | None = None  # the configuration this reconcile loaded and applied (None: invalid)
 
     @property
     def ok(self) -> bool:
@@ -79,9 +81,14 @@ def _git(directory: Path, *args: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def manifests_hash(config_dir: Path) -> str:
+    """A hash of every manifest's path and content."""
+    return _hash(loader.find_files(config_dir), config_dir)
+
+
 def fingerprint(config_dir: Path, root: Path, cfg: model.Config | None, state_kind: str = "files") -> str:
     """A hash of every manifest and every migration: equal fingerprints mean there is nothing new to do."""
-    digest = hashlib.sha256(_hash(loader.find_files(config_dir), config_dir).encode())
+    digest = hashlib.sha256(manifests_hash(config_dir).encode())
     for repo in cfg.repos if cfg else ():
         store = state.store(state_kind, repo, root)
         for path in (repo.migrations_path, repo.tenant_migrations_path):
@@ -110,11 +117,13 @@ def reconcile(
     sink: Sink | None = None,
     stop: threading.Event | None = None,
     endpoints: Endpoints | None = None,
+    waiting: Callable[[str], Sequence[str]] | None = None,
 ) -> Report:
     """Validate, generate (unless told not to), migrate every repo, then every repo's tenants.
 
     ``sink`` hears the run's events; ``stop``: once set, no new tenant is started (the ones running finish);
-    ``endpoints``: the daemon's long-lived connections (pooled control planes), else the run opens its own.
+    ``endpoints``: the daemon's long-lived connections (pooled control planes), else the run opens its own;
+    ``waiting``: per repo, the failed tenants still inside their backoff (left out, as by the tenants job).
     """
     from orchestrator.migrations import events, rollout, runner  # the database side, only when reconciling
 
@@ -124,6 +133,7 @@ def reconcile(
     except ConfigError as exc:
         report.problems = exc.problems
         return report
+    report.cfg = cfg
     if generate_migrations:
         try:
             plan = generate.run(cfg, root, state_kind=state_kind)
@@ -135,7 +145,8 @@ def reconcile(
             try:
                 report.applied[repo.name] = [m.path.name for m in run.migrate(repo)]
                 if repo.tenants is not None:
-                    report.tenants[repo.name] = run.tenant_rollout(repo, stop=stop).run(rollout.Options())
+                    options = rollout.Options(exclude=tuple(waiting(repo.name)) if waiting else ())
+                    report.tenants[repo.name] = run.tenant_rollout(repo, stop=stop).run(options)
             except (OrchestratorError, psycopg.Error) as exc:  # never raises: the report says it
                 report.repo_errors[repo.name] = db.redact(_text(exc))
                 report.errors.append(db.redact(f"{repo.name}: {_text(exc)}"))

@@ -103,7 +103,8 @@ class Rollout:
     def as_dict(self, *, full: bool = True) -> dict[str, Any]:
         shown = {k: v for k, v in vars(self).items() if full or k not in ("result", "plan")}
         if not full:
-            statuses = [t["status"] for entry in self.result.values() for t in entry.get("tenants", [])]
+            result = dict(self.result)  # a copy: the running job adds repos to it
+            statuses = [t["status"] for entry in result.values() for t in entry.get("tenants", [])]
             shown["tenants_by_status"] = {s: statuses.count(s) for s in sorted(set(statuses))}
         return shown
 

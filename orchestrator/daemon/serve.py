@@ -14,8 +14,10 @@ import datetime as dt
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -26,6 +28,13 @@ from orchestrator.daemon.service import Service
 
 
 class _Server(uvicorn.Server):
+    stopping: threading.Event | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.stopping is not None:
+            self.stopping.set()  # at once: jobs start nothing new while the server drains its requests
+        super().handle_exit(sig, frame)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -83,8 +92,11 @@ def serve(
             log_level="warning",
             access_log=False,
             log_config=None,  # uvicorn's messages go through logs.capture_stdlib's JSON handler
+            timeout_graceful_shutdown=5,  # a request still waiting (a rollout's tenant check) does not hold the exit
         )
-        _Server(config).run()
+        server = _Server(config)
+        server.stopping = service.stopping
+        server.run()
     finally:
         service.stopping.set()
         scheduler.shutdown(wait=False)

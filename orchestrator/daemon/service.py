@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from orchestrator import config, db, model
+from orchestrator import db, model
 from orchestrator.daemon import book, metrics, reconcile
 from orchestrator.daemon import rollouts as ops
 from orchestrator.errors import ConfigError, OrchestratorError, Problem
@@ -82,7 +82,8 @@ class Job:
     since: float | None = None  # monotonic start of the running one, else None
 
     def as_dict(self) -> dict[str, Any]:
-        running = time.monotonic() - self.since if self.since is not None else None
+        since = self.since  # read once: the job may finish meanwhile
+        running = time.monotonic() - since if since is not None else None
         return {
             "last_started": self.last_started,
             "last_finished": self.last_finished,
@@ -121,6 +122,7 @@ class Service:
     """repo -> latest versions, database name, applied global version, last error: what jobs saw last."""
     jobs: dict[str, Job] = field(default_factory=lambda: {n: Job() for n in ("reconcile", "tenants", "rollout")})
     _endpoints: Endpoints | None = None
+    _gauged: set[str] = field(default_factory=set)  # repos with tenant gauges exported
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -186,9 +188,19 @@ class Service:
         """Liveness: the job that has shown no progress for ``stuck_after_s``, if any."""
         now = time.monotonic()
         for name, job in self.jobs.items():
-            if job.since is not None and now - max(job.since, self.events.last) > self.stuck_after_s:
-                return f"the {name} job has shown no progress for {int(now - max(job.since, self.events.last))} s"
+            since = job.since  # read once: the job may finish meanwhile
+            if since is None:
+                continue
+            quiet = now - max(since, self.events.last, self._working())
+            if quiet > self.stuck_after_s:
+                return f"the {name} job has shown no progress for {int(quiet)} s"
         return None
+
+    def _working(self) -> float:
+        """When a watched session was last seen executing (not waiting for a lock): a long statement is
+        progress, though it emits no event."""
+        endpoints = self._endpoints
+        return endpoints.last_working() if endpoints is not None else 0.0
 
     # -- jobs ----------------------------------------------------------------------------------------------
 
@@ -221,6 +233,13 @@ class Service:
             current = reconcile.fingerprint(self.config_dir, self.root, self.cfg, self.state_kind)
             if current == self.fingerprint and self.report is not None and not self.report.errors:
                 return  # nothing new (a bad edit is not validated again); failed tenants are the tenants job's
+            manifests = reconcile.manifests_hash(self.config_dir)
+            # something changed: every tenant is tried (the change may be the fix); a re-run after an error
+            # leaves failed tenants to their backoff, as the tenants job does
+            again = current == self.fingerprint and self.cfg is not None
+            waits = (
+                {repo.name: self.tenants.waiting(repo.name) for repo in self.cfg.repos} if again and self.cfg else {}
+            )
             started = time.monotonic()
             report = reconcile.reconcile(
                 self.config_dir,
@@ -230,20 +249,28 @@ class Service:
                 sink=self.events,
                 stop=self.stopping,
                 endpoints=self.endpoints,
+                waiting=lambda name: waits.get(name, ()),
             )
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
             self._record(report, time.monotonic() - started)
-            if report.problems:
+            if report.cfg is None:
                 self.fingerprint = current  # any change from here, a revert to the good content too, reconciles
                 return
-            self.cfg = config.load(self.config_dir, base=self.config_dir.parent)
+            self.cfg = report.cfg  # what was applied, even if the manifests changed meanwhile
             self.revision, self.rejected_revision = report.revision, None
             for repo in self.cfg.repos:
                 if repo.name in report.tenants:
-                    self.tenants.merge(repo, report.tenants[repo.name], complete=True)
+                    self.tenants.merge(
+                        repo, report.tenants[repo.name], complete=True, left_out=waits.get(repo.name, ())
+                    )
             self.started = self.started or all(r.name in report.applied for r in self.cfg.repos)
             self._remember(report)
-            self.fingerprint = reconcile.fingerprint(self.config_dir, self.root, self.cfg, self.state_kind)
+            changed_meanwhile = reconcile.manifests_hash(self.config_dir) != manifests
+            self.fingerprint = (
+                ""
+                if changed_meanwhile
+                else reconcile.fingerprint(self.config_dir, self.root, self.cfg, self.state_kind)
+            )
 
     def tenants_job(self) -> None:
         """Tenant discovery and retry: every tenant that is behind (new, or failed and due) is migrated."""
@@ -272,12 +299,13 @@ class Service:
     # -- ops-triggered rollouts ----------------------------------------------------------------------------
 
     def start_rollout(self, body: Any) -> ops.Rollout:
-        """Check ``body`` (``ops.BadRollout`` says why not), record the rollout and schedule it."""
+        """Check ``body`` (``rollouts.BadRollout`` says why not), record the rollout and schedule it."""
         if self.stopping.is_set():
             raise ops.BadRollout("the daemon is stopping")
-        request = ops.parse(body, self.cfg)
-        if request.tenants is not None and self.cfg is not None:
-            repo = next(r for r in self.cfg.repos if r.name == request.repo)
+        cfg = self.cfg  # one configuration for the whole check, whatever a job loads meanwhile
+        request = ops.parse(body, cfg)
+        if request.tenants is not None and cfg is not None:
+            repo = next(r for r in cfg.repos if r.name == request.repo)
             ops.check_tenants(request, self._listed(repo))
         record = self.rollouts.add(request)
         if self.scheduler is None:
@@ -289,10 +317,14 @@ class Service:
         return record
 
     def _listed(self, repo: model.Repo) -> list[str]:
+        """The repo's tenants, on a connection of the request's own (the jobs' pools are the jobs')."""
         from orchestrator import tenants
 
-        listed = self.endpoints.get(repo).control.run(lambda conn: tenants.list_tenants(repo, conn))
-        return list(listed.tenants)
+        if repo.tenants is not None and repo.tenants.kind == "static":
+            return list(repo.tenants.static)
+        with db.connect_to(db.conninfo(repo, self.root), repo) as conn:
+            conn.execute("SET statement_timeout = '10s'")
+            return list(tenants.list_tenants(repo, conn).tenants)
 
     def _run_rollout(self, record: ops.Rollout) -> None:
         with self._exclusive("rollout") as go:
@@ -302,9 +334,11 @@ class Service:
             record.status, record.started = "running", time.time()
             try:
                 self._roll_out(record)
-            except (OrchestratorError, ConfigError, psycopg.Error) as exc:
-                record.status, record.error = "failed", db.redact(str(exc))
+            except Exception as exc:  # whatever it is, the record must not stay "running"
+                record.status, record.error = "failed", db.redact(str(exc) or type(exc).__name__)
                 self._event("rollout.failed", level="error", id=record.id, error=record.error)
+                if not isinstance(exc, (OrchestratorError, ConfigError, psycopg.Error)):
+                    raise
             finally:
                 record.finished = time.time()
 
@@ -335,7 +369,7 @@ class Service:
         self._gauge_tenants()
         if self.stopping.is_set() and "skipped" in statuses:
             record.status, record.error = "stopped", "the daemon stopped before every tenant was started"
-        elif "failed" in statuses or "held" in statuses:
+        elif "failed" in statuses or ("held" in statuses and not record.dry_run):
             record.status = "failed"
             record.error = f"{statuses.count('failed')} failed, {statuses.count('held')} held back by a canary"
         else:
@@ -392,6 +426,11 @@ class Service:
         self._event(f"{job}.error", level="error", repo=repo, error=error)
 
     def _gauge_tenants(self) -> None:
+        for gone in self._gauged - {r.name for r in self.cfg.repos if r.tenants is not None} if self.cfg else set():
+            with contextlib.suppress(KeyError):  # a removed repo's alert clears
+                metrics.TENANTS_FAILED.remove(gone)
+                metrics.TENANTS_BEHIND.remove(gone)
+        self._gauged = {r.name for r in self.cfg.repos if r.tenants is not None} if self.cfg else set()
         for repo in self.cfg.repos if self.cfg else ():
             if repo.tenants is not None:
                 _, behind, failed = self.tenants.counts(repo.name)

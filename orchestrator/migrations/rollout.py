@@ -141,7 +141,8 @@ class TenantRollout:
             total = len(plan.work) + len(results)
             rollout = control.run(lambda conn: recorder.start_rollout(conn, options.request.direction.value, total))
             for failure in results.values():  # planning failures (an edited migration): visible in status too
-                self._record(rollout, failure)
+                if failure.status == "failed":  # a held tenant keeps its last outcome (a failure stays one)
+                    self._record(rollout, failure)
         results.update(self._fan_out(rollout, plan.work, options) if plan.work else {})
         if rollout is not None:
             failed = sum(r.status == "failed" for r in results.values())
@@ -178,14 +179,15 @@ class TenantRollout:
         self._migrations = files.collection({p: t for p, t in stored.items() if p.rpartition("/")[0] == directory})
         rolling_back = options.action is Action.ROLLBACK
         self._texts = recorder.stored_texts(control, "tenant") if rolling_back else {}
-        outside = [c for c in self.repo.rollout.canary if c in listed and c not in names]
-        states = bulk.states(control, [*names, *outside])
-        self._adopted = {name for name, found in states.items() if found.adopted}
         if options.retry_failed:
             failed = {t for t, (status, _) in recorder.last_outcomes(control).items() if status == "failed"}
             names = [n for n in names if n in failed]
+        outside = [c for c in self.repo.rollout.canary if c in listed and c not in names]
+        states = bulk.states(control, [*names, *outside])
+        self._adopted = {name for name, found in states.items() if found.adopted}
         stale = _stale_progress(control, self.repo.name, self._migrations) if options.action is Action.REPAIR else set()
-        self._hold = self._canary_hold(outside, states) if options.action is Action.MIGRATE else None
+        inside = [c for c in self.repo.rollout.canary if c in names]
+        self._hold = self._canary_hold(outside, inside, states) if options.action is Action.MIGRATE else None
         self._held = set()
         work: Work = {}
         for name in names:
@@ -204,18 +206,20 @@ class TenantRollout:
                 work[name] = todo
         return work, names
 
-    def _canary_hold(self, outside: list[str], states: dict[str, bulk.TenantState]) -> Hold | None:
-        """The hold put by canaries that are behind and not in this run, if any (a canary with an edited or
-        foreign bookkeeping table holds everything: nothing it would run is known to work)."""
+    def _canary_hold(self, outside: list[str], inside: list[str], states: dict[str, bulk.TenantState]) -> Hold | None:
+        """The hold put by canaries that are behind and not in this run, if any. A canary that cannot even be
+        planned (an edited migration, another tool's bookkeeping table) holds everything, in the run or not:
+        nothing it would run is known to work. (A canary in the run with work runs first, and its failure stops
+        the rest: ``_fan_out``.)"""
         firsts: dict[str, int] = {}
         source = loop.Source(self._migrations, self._texts)
-        for canary in outside:
+        for canary in [*outside, *inside]:
             try:
                 todo = loop.plan(loop.Request(), source, states[canary].applied)
             except planner.PlanError:
                 firsts[canary] = 0
                 continue
-            if todo:
+            if todo and canary in outside:
                 firsts[canary] = todo[0].version
         if not firsts:
             return None

@@ -297,6 +297,12 @@ class Endpoints:
             self._open[repo.name] = (repo, endpoint)
             return endpoint
 
+    def last_working(self) -> float:
+        """When any repo's watchdog last saw one of our statements executing (monotonic; 0 if never)."""
+        with self._lock:
+            opened = [endpoint for _, endpoint in self._open.values()]
+        return max((endpoint.watchdog.last_working for endpoint in opened), default=0.0)
+
     def retain(self, names: set[str]) -> None:
         """Close the endpoints of repos no longer in the configuration (their pools and watchdog threads)."""
         with self._lock:
