@@ -90,6 +90,8 @@ class Repo:
     timeouts: Timeouts = Timeouts()
     retry: Retry = Retry()
     allow_destructive: bool = False
+    allow_blocking: bool = False
+    online_safe: bool = True
     source: Source = field(default=Source("<none>", 0), compare=False)
 
     @property

@@ -133,6 +133,8 @@ def _repo(doc: Document, problems: list[Problem]) -> model.Repo:
             max_delay_ms=_ms(retry, "maxDelay", model.Retry.max_delay_ms),
         ),
         allow_destructive=spec.get("allowDestructive", False),
+        allow_blocking=spec.get("allowBlocking", False),
+        online_safe=spec.get("onlineSafe", True),
         source=_source(doc),
     )
     if built.retry.initial_delay_ms > built.retry.max_delay_ms:
