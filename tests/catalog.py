@@ -551,6 +551,25 @@ def _server_checks(conn: psycopg.Connection[Any], schema: str, table: model.Tabl
     return _sorted(forms)
 
 
+def unfinished(conn: psycopg.Connection[Any], schemas: Sequence[str]) -> list[str]:
+    """What an online migration must never leave behind in ``schemas``: constraints still NOT VALID, INVALID
+    indexes (a concurrent build that failed), and helper checks of an online NOT NULL (``CHECK (c IS NOT NULL)``)."""
+    rows = conn.execute(
+        "SELECT 'constraint ' || n.nspname || '.' || c.relname || '.' || k.conname || ' NOT VALID' "
+        "FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = ANY(%(s)s) AND NOT k.convalidated "
+        "UNION ALL SELECT 'index ' || n.nspname || '.' || c.relname || ' INVALID' "
+        "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = ANY(%(s)s) AND NOT (i.indisvalid AND i.indisready) "
+        "UNION ALL SELECT 'helper check ' || n.nspname || '.' || c.relname || '.' || k.conname "
+        "FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = ANY(%(s)s) AND k.contype = 'c' "
+        "AND pg_get_constraintdef(k.oid) ~ '^CHECK \\(\\(?\\S+ IS NOT NULL\\)?\\)$' ORDER BY 1",
+        {"s": list(schemas)},
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 def assert_absent(conn: psycopg.Connection[Any], schema: str, table_names: Iterable[str]) -> None:
     """Fail if any of ``table_names`` exists in ``schema``."""
     live = read_schema(conn, schema)

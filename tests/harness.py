@@ -115,6 +115,7 @@ class Project:
             for schema in sorted(schemas):
                 catalog.assert_matches(conn, [t for t in cfg.tables if t.schema == schema], schema)
             catalog.assert_matches(conn, [t for t in cfg.tables if t.is_tenant], TENANT)
+            assert catalog.unfinished(conn, [*sorted(schemas), TENANT]) == []
 
     def query(self, text: str, *params: object) -> list[tuple[object, ...]]:
         with psycopg.connect(self.url) as conn:

@@ -131,8 +131,13 @@ def test_not_null_and_defaults_literal_and_sql(project: Project) -> None:
             "    - {name: at, type: timestamptz, defaultSql: now()}\n",
         )
     )
-    assert sorted(kinds(plan)) == ["AlterDefault", "AlterDefault", "AlterNull"]
+    # online: a helper check NOT VALID, validated in a step of its own, then SET NOT NULL and the helper dropped
+    assert [m.path.name[15:] for m in plan.migrations] == ["step.sql", "step_validate.sql"]
+    assert sorted(kinds(plan)) == ["AlterDefault", "AlterDefault", "AlterNull", "NullCheck", "ValidateConstraint"]
     assert any("becomes NOT NULL" in w for w in plan.warnings)
+    assert project.query(
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'things'::regclass AND contype = 'c'"
+    ) == [(0,)]
     project.execute("INSERT INTO things (id) VALUES (1)")
     assert project.query("SELECT label, at IS NOT NULL FROM things") == [("it's", True)]
     project.undo()
@@ -195,9 +200,31 @@ def test_custom_indexes_every_option(project: Project) -> None:
         "    - {fields: [title, body], concurrently: true}\n"
     )
     plan = project.step(res("p", "posts", attrs, indexes))
+    # the table exists: every index is built CONCURRENTLY, each in a migration of its own (dbmate runs a
+    # section as one query, where two CONCURRENTLY statements fail with 25001)
+    assert [m.path.name.endswith("_concurrently.sql") for m in plan.migrations] == [True] * 5
+    for migration in plan.migrations:
+        up, _, down = migration.text.partition("-- migrate:down")
+        assert "-- migrate:up transaction:false" in up and up.partition("-- migrate:up")[2].count("CONCURRENTLY") == 1
+        assert "DROP INDEX CONCURRENTLY" in down
+    project.undo()
+
+
+def test_opting_out_of_online_forms_keeps_the_plain_ones(project: Project) -> None:
+    attrs = ID + "    - {name: title, type: text}\n    - {name: body, type: text}\n"
+    plain = "  onlineSafe: false\n"
+    project.step(res("p", "posts", attrs), repo_extra=plain)
+    indexes = "  indexes:\n    - {fields: [title]}\n    - {fields: [title, body], concurrently: true}\n"
+    checks = "  checkConstraints:\n    - {name: title_set, check: \"title <> ''\"}\n"
+    plan = project.step(
+        res("p", "posts", attrs.replace("body, type: text", "body, type: text, allowNull: false"), indexes + checks),
+        repo_extra=plain,
+    )
     assert [m.path.name.endswith("_concurrently.sql") for m in plan.migrations] == [False, True]
-    concurrent = plan.migrations[1].text
-    assert "-- migrate:up transaction:false" in concurrent and "CREATE INDEX CONCURRENTLY" in concurrent
+    assert kinds(plan) == ["AlterNull", "CreateIndex", "AddCheck", "CreateIndex"]
+    main, concurrent = (m.text.partition("-- migrate:up")[2] for m in plan.migrations)
+    assert "SET NOT NULL" in main and "NOT VALID" not in main and "CONCURRENTLY" not in main
+    assert "-- migrate:up transaction:false" in plan.migrations[1].text and "CREATE INDEX CONCURRENTLY" in concurrent
     project.undo()
 
 
@@ -215,7 +242,7 @@ def test_foreign_key_changes_and_index_toggle(project: Project) -> None:
             "match: full",
         ),
     )
-    assert kinds(plan) == ["DropForeignKey", "AddForeignKey"]
+    assert kinds(plan) == ["DropForeignKey", "AddForeignKey", "ValidateConstraint"]
     plan = project.step(
         parent,
         res(
@@ -246,7 +273,7 @@ def test_check_constraints_add_change_drop(project: Project) -> None:
     attrs = ID + "    - {name: n, type: integer}\n"
     project.step(res("t", "things", attrs, '  checkConstraints:\n    - {name: n_positive, check: "n > 0"}\n'))
     plan = project.step(res("t", "things", attrs, '  checkConstraints:\n    - {name: n_positive, check: "n >= 0"}\n'))
-    assert kinds(plan) == ["DropCheck", "AddCheck"]
+    assert kinds(plan) == ["DropCheck", "AddCheck", "ValidateConstraint"]
     plan = project.step(res("t", "things", attrs))
     assert kinds(plan) == ["DropCheck"]
     project.undo()
@@ -384,7 +411,7 @@ def test_type_change_under_a_foreign_key(project: Project) -> None:
 
     project.step(*pair("integer"))
     plan = project.step(*pair("bigint"))
-    assert kinds(plan)[0] == "DropForeignKey" and kinds(plan)[-1] == "AddForeignKey"
+    assert kinds(plan)[0] == "DropForeignKey" and kinds(plan)[-2:] == ["AddForeignKey", "ValidateConstraint"]
     project.undo()
 
 

@@ -124,19 +124,23 @@ def test_regen_rolls_back_and_migrates_tenants(tmp_path: Path, database_url: str
     [rolled] = doc["rollback"]["repos"]
     assert [f.split("_", 1)[1] for f in rolled["rolled_back"]] == ["wip1.sql"]
     assert {t["tenant"]: (t["status"], len(t["applied"])) for t in rolled["tenants"]} == {
-        "t1": ("rolled back", 2),
-        "t2": ("rolled back", 2),
+        "t1": ("rolled back", 3),
+        "t2": ("rolled back", 3),
     }
     deleted = [p for p in doc["deleted"] if p.endswith(".sql")]
-    assert len(deleted) == 3 and all("_wip" in p for p in deleted)
-    generated = {m["scope"]: m["path"] for m in doc["generate"]["migrations"]}
-    assert set(generated) == {"global", "tenant"} and all(p.endswith("_add_a_b.sql") for p in generated.values())
+    assert len(deleted) == 4 and all("_wip" in p for p in deleted)
+    generated: dict[str, list[str]] = {}
+    for m in doc["generate"]["migrations"]:
+        generated.setdefault(m["scope"], []).append(Path(m["path"]).name)
+    # the new global table is plain; the tenant foreign key on the existing table is NOT VALID, then validated
+    assert [n[15:] for n in generated["global"]] == ["add_a_b.sql"]
+    assert [n[15:] for n in generated["tenant"]] == ["add_a_b.sql", "add_a_b_validate.sql"]
     [migrated] = doc["migrate"]["repos"]
-    assert migrated["applied"] == [Path(generated["global"]).name]
+    assert migrated["applied"] == generated["global"]
     [tenants] = doc["migrate_tenants"]["repos"]
     assert {t["tenant"]: (t["status"], t["applied"]) for t in tenants["tenants"]} == {
-        "t1": ("migrated", [Path(generated["tenant"]).name]),
-        "t2": ("migrated", [Path(generated["tenant"]).name]),
+        "t1": ("migrated", generated["tenant"]),
+        "t2": ("migrated", generated["tenant"]),
     }
     assert conftest.columns(database_url, "public", "labels") == ["id"]
     for tenant in ("t1", "t2"):
@@ -144,7 +148,7 @@ def test_regen_rolls_back_and_migrates_tenants(tmp_path: Path, database_url: str
         with psycopg.connect(database_url) as conn:
             query = sql.SQL("SELECT max(version) FROM {}").format(sql.Identifier(tenant, "schema_migrations"))
             newest = conn.execute(query).fetchone()
-        assert newest is not None and str(newest[0]) == Path(generated["tenant"]).name[:14]
+        assert newest is not None and str(newest[0]) == generated["tenant"][-1][:14]
     status = run_cli("status", "--tenants", cwd=tmp_path, env=env)
     assert status.code == 0, status.out + status.err
 

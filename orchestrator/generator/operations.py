@@ -224,16 +224,42 @@ class AlterType(Operation):
 
 @dataclass(frozen=True)
 class AlterNull(Operation):
+    """SET / DROP NOT NULL. With a ``helper`` (the online form), SET NOT NULL relies on the validated helper
+    check ``helper`` (no scan) and then drops it; its reverse puts the helper back (NOT VALID) after DROP NOT
+    NULL, so the migration that added the helper can drop it in its own down."""
+
     PHASE: ClassVar[int] = 9
     ref: Ref
     column: str
     allow_null: bool
+    helper: str | None = None
 
     def reverse(self) -> AlterNull:
-        return AlterNull(self.ref, self.column, not self.allow_null)
+        return AlterNull(self.ref, self.column, not self.allow_null, self.helper)
 
     def describe(self) -> str:
+        if self.helper and not self.allow_null:
+            return f"~ column {self.ref}.{self.column} NOT NULL (proven by the validated check {self.helper}, dropped)"
         return f"~ column {self.ref}.{self.column} {'NULL allowed' if self.allow_null else 'NOT NULL'}"
+
+
+@dataclass(frozen=True)
+class NullCheck(Operation):
+    """The helper of an online NOT NULL: ``CHECK (column IS NOT NULL) NOT VALID`` (``add``), or its drop."""
+
+    PHASE: ClassVar[int] = 9
+    ref: Ref
+    column: str
+    name: str
+    add: bool = True
+
+    def reverse(self) -> NullCheck:
+        return NullCheck(self.ref, self.column, self.name, not self.add)
+
+    def describe(self) -> str:
+        if self.add:
+            return f"+ check {self.name} on {self.ref} ({self.column} IS NOT NULL) NOT VALID"
+        return f"- check {self.name} on {self.ref}"
 
 
 @dataclass(frozen=True)
@@ -308,7 +334,7 @@ class CreateIndex(Operation):
         return self.index.concurrently
 
     def reverse(self) -> DropIndex:
-        return DropIndex(self.ref, self.index)
+        return DropIndex(self.ref, self.index, concurrently=self.index.concurrently)
 
     def describe(self) -> str:
         unique = "unique " if self.index.unique else ""
@@ -320,10 +346,15 @@ class DropIndex(Operation):
     PHASE: ClassVar[int] = 3
     ref: Ref
     index: IndexSpec
+    concurrently: bool = False
+
+    @property
+    def concurrent(self) -> bool:
+        return self.concurrently
 
     def reverse(self) -> CreateIndex:
-        # re-created inside the down's transaction, so never CONCURRENTLY
-        return CreateIndex(self.ref, replace(self.index, concurrently=False))
+        # concurrently only from a migration of its own (the down of a concurrent build), never in a transaction
+        return CreateIndex(self.ref, replace(self.index, concurrently=self.concurrently))
 
     def describe(self) -> str:
         return f"- {self.index.kind} {self.index.name} on {self.ref}"
@@ -363,13 +394,15 @@ class AddForeignKey(Operation):
     ref: Ref
     column: str
     reference: model.Reference
+    valid: bool = True  # False: NOT VALID, checked later by a ValidateConstraint
 
     def reverse(self) -> DropForeignKey:
         return DropForeignKey(self.ref, self.column, self.reference)
 
     def describe(self) -> str:
         target = Ref(self.reference.schema, self.reference.table)
-        return f"+ foreign key {self.reference.name}: {self.ref}.{self.column} -> {target}.{self.reference.column}"
+        text = f"+ foreign key {self.reference.name}: {self.ref}.{self.column} -> {target}.{self.reference.column}"
+        return text if self.valid else f"{text} NOT VALID"
 
 
 @dataclass(frozen=True)
@@ -391,12 +424,13 @@ class AddCheck(Operation):
     PHASE: ClassVar[int] = 15
     ref: Ref
     check: model.CheckConstraint
+    valid: bool = True  # False: NOT VALID, checked later by a ValidateConstraint
 
     def reverse(self) -> DropCheck:
         return DropCheck(self.ref, self.check)
 
     def describe(self) -> str:
-        return f"+ check {self.check.name} on {self.ref}"
+        return f"+ check {self.check.name} on {self.ref}" + ("" if self.valid else " NOT VALID")
 
 
 @dataclass(frozen=True)
@@ -410,6 +444,22 @@ class DropCheck(Operation):
 
     def describe(self) -> str:
         return f"- check {self.check.name} on {self.ref}"
+
+
+@dataclass(frozen=True)
+class ValidateConstraint(Operation):
+    """VALIDATE CONSTRAINT of a check or foreign key added NOT VALID: a scan under SHARE UPDATE EXCLUSIVE, so
+    reads and writes go on. Nothing to undo: the down of the migration that added the constraint drops it."""
+
+    PHASE: ClassVar[int] = 18
+    ref: Ref
+    name: str
+
+    def reverse(self) -> None:
+        return None
+
+    def describe(self) -> str:
+        return f"~ validate constraint {self.name} on {self.ref}"
 
 
 @dataclass(frozen=True)

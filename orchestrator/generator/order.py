@@ -1,4 +1,4 @@
-"""Put operations in an order PostgreSQL accepts, and split off what must run outside a transaction.
+"""Put operations in an order PostgreSQL accepts (``online`` then splits them into migrations).
 
 Two steps, as Django's autodetector does: a fixed phase per operation type (drop foreign keys first, then
 statements being removed, indexes and checks, primary keys; renames; creates and column changes; drops of
@@ -62,11 +62,6 @@ def order(operations: Sequence[ops.Operation]) -> list[ops.Operation]:
                 group.reverse()  # referencing tables go first
         result += group
     return result
-
-
-def split(operations: Sequence[ops.Operation]) -> tuple[list[ops.Operation], list[ops.Operation]]:
-    """Return (transactional, concurrent): CREATE INDEX CONCURRENTLY goes to a migration of its own."""
-    return [op for op in operations if not op.concurrent], [op for op in operations if op.concurrent]
 
 
 def down(operations: Sequence[ops.Operation]) -> list[ops.Operation]:

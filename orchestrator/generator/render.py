@@ -159,7 +159,25 @@ def _(op: ops.AlterType) -> list[sql.Composable | str]:
 @_render.register
 def _(op: ops.AlterNull) -> list[sql.Composable | str]:
     verb = "DROP NOT NULL" if op.allow_null else "SET NOT NULL"
-    return [_alter(op.ref, sql.SQL("ALTER COLUMN {} {}").format(sql.Identifier(op.column), sql.SQL(verb)))]
+    statement = _alter(op.ref, sql.SQL("ALTER COLUMN {} {}").format(sql.Identifier(op.column), sql.SQL(verb)))
+    if op.helper is None:
+        return [statement]
+    helper = ops.NullCheck(op.ref, op.column, op.helper, add=op.allow_null)  # back before DROP, gone after SET
+    return [*_render(helper), statement] if op.allow_null else [statement, *_render(helper)]
+
+
+@_render.register
+def _(op: ops.NullCheck) -> list[sql.Composable | str]:
+    constraint = sql.Identifier(op.name)
+    if not op.add:
+        return [_alter(op.ref, sql.SQL("DROP CONSTRAINT {}").format(constraint))]
+    check = sql.SQL("ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(constraint, sql.Identifier(op.column))
+    return [_alter(op.ref, check)]
+
+
+@_render.register
+def _(op: ops.ValidateConstraint) -> list[sql.Composable | str]:
+    return [_alter(op.ref, sql.SQL("VALIDATE CONSTRAINT {}").format(sql.Identifier(op.name)))]
 
 
 @_render.register
@@ -226,7 +244,8 @@ def _index_field(field: str) -> sql.Composable:
 
 @_render.register
 def _(op: ops.DropIndex) -> list[sql.Composable | str]:
-    return [sql.SQL("DROP INDEX {}").format(_in_schema(op.ref, op.index.name))]
+    verb = "DROP INDEX CONCURRENTLY" if op.concurrently else "DROP INDEX"
+    return [sql.SQL("{} {}").format(sql.SQL(verb), _in_schema(op.ref, op.index.name))]
 
 
 @_render.register
@@ -257,6 +276,8 @@ def _(op: ops.AddForeignKey) -> list[sql.Composable | str]:
     if reference.deferrable != "no":
         initially = "DEFERRED" if reference.deferrable == "deferred" else "IMMEDIATE"
         parts.append(sql.SQL("DEFERRABLE INITIALLY {}").format(sql.SQL(initially)))
+    if not op.valid:
+        parts.append(sql.SQL("NOT VALID"))
     return [_alter(op.ref, sql.SQL(" ").join(parts))]
 
 
@@ -272,7 +293,9 @@ def _(op: ops.DropForeignKey) -> list[sql.Composable | str]:
 
 @_render.register
 def _(op: ops.AddCheck) -> list[sql.Composable | str]:
-    action = sql.SQL("ADD CONSTRAINT {} CHECK ({})").format(sql.Identifier(op.check.name), user_sql(op.check.check))
+    action = sql.SQL("ADD CONSTRAINT {} CHECK ({}){}").format(
+        sql.Identifier(op.check.name), user_sql(op.check.check), sql.SQL("" if op.valid else " NOT VALID")
+    )
     return [_alter(op.ref, action)]
 
 
