@@ -49,6 +49,7 @@ bench: install
 	$(PY) bench/generate_bench.py
 	$(PY) bench/tenants_bench.py
 	$(PY) bench/daemon_bench.py
+	$(PY) bench/stall_bench.py
 
 lint: install
 	$(BIN)/ruff check orchestrator tests bench
