@@ -16,7 +16,7 @@ import datetime
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,7 @@ class Project:
                 write(root / "models" / str(generation) / name, text)
             self.models[generation] = config.load(root / "models" / str(generation), base=root)
         self.generations: list[int] = []  # the generation each tenant migration file brings the schema to
-        self.pending: list[frozenset[str]] = []  # per file: indexes of its generation later steps still build
+        self.pending: list[frozenset[str]] = []  # per file: what later steps of its generation build or validate
 
     # -- setting up ----------------------------------------------------------------------------------------
 
@@ -139,9 +139,10 @@ class Project:
         result = self.cli("generate-migrations", "--name", f"generation_{generation}")
         assert result.code == 0, result.err
         self.generations += [generation] * (len(self.tenant_versions()) - before)
-        # an online change is several files: until its concurrent index builds ran, those indexes are missing
-        built = [_ONLINE_INDEX.findall(p.read_text().partition("-- migrate:down")[0]) for p in self.tenant_files()]
-        self.pending += [frozenset(n for later in built[i + 1 :] for n in later) for i in range(before, len(built))]
+        # an online change is several files, and a transaction:false one is not atomic: until the last one is
+        # recorded, the indexes and constraints later steps build or validate may be in any state
+        touched = [_unsettled(p.read_text()) for p in self.tenant_files()]
+        self.pending += [frozenset().union(*touched[i + 1 :]) for i in range(before, len(touched))]
 
     def add_backfill(self, seconds: float) -> None:
         """A hand-written tenant data migration that takes ``seconds`` per tenant (a slow backfill)."""
@@ -208,21 +209,27 @@ class Project:
                 assert applied == versions[: len(applied)], f"{tenant}: applied {applied}, not a prefix of {versions}"
                 generation = self.generations[len(applied) - 1] if applied else 0
                 pending = self.pending[len(applied) - 1] if applied else frozenset()
-                catalog.assert_matches(conn, self._tables(generation, tenant=True, without=pending), tenant)
+                catalog.assert_matches(conn, self._tables(generation, tenant=True), tenant, unsettled=pending)
                 at[len(applied)] = at.get(len(applied), 0) + 1
         if finished:
             assert at == {len(versions): len(tenants)}, f"tenants per number of applied migrations: {at}"
+            with psycopg.connect(self.url) as conn:
+                assert catalog.unfinished(conn, ["public", *tenants]) == []
         return Checked(len(tenants), at)
 
-    def _tables(self, generation: int, *, tenant: bool, without: frozenset[str] = frozenset()) -> list[model.Table]:
-        """The tables of ``generation``, without the indexes named in ``without`` (not built yet)."""
+    def _tables(self, generation: int, *, tenant: bool) -> list[model.Table]:
         if generation == 0:
             return []
-        tables = [t for t in self.models[generation].tables_of("app") if t.is_tenant == tenant]
-        return [replace(t, indexes=tuple(i for i in t.indexes if i.name not in without)) for t in tables]
+        return [t for t in self.models[generation].tables_of("app") if t.is_tenant == tenant]
 
 
-_ONLINE_INDEX = re.compile(r'^CREATE (?:UNIQUE )?INDEX CONCURRENTLY "(\w+)"', re.M)
+_ONLINE_STEP = re.compile(r'^CREATE (?:UNIQUE )?INDEX CONCURRENTLY "(\w+)"|VALIDATE CONSTRAINT "(\w+)"', re.M)
+
+
+def _unsettled(text: str) -> frozenset[str]:
+    """The indexes a migration builds concurrently and the constraints it validates (its up section)."""
+    up = text.partition("-- migrate:down")[0]
+    return frozenset(name for match in _ONLINE_STEP.findall(up) for name in match if name)
 
 
 def _rows(conn: psycopg.Connection[Any], schema: str) -> list[int]:

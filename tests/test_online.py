@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from orchestrator import config
-from tests import catalog
+from tests import catalog, squawk
 from tests.conftest import Result, run_cli, start_cli, wait_for, wait_for_session, write
 from tests.harness import res
 from tests.test_daemon import Daemon
@@ -278,10 +278,14 @@ def test_an_identity_a_new_foreign_key_points_at_is_built_before_it(tmp_path: Pa
         res("payment", "payments", "    - {name: id, type: bigint, primaryKey: true}\n" + ref),
     )
     generated = project.generate()
-    # the new table first, the unique index CONCURRENTLY, then the foreign key that needs it
-    assert steps(generated, "global") == ["", "_concurrently", "_after_indexes"]
+    # the new table first, the unique index CONCURRENTLY, then the foreign key that needs it (NOT VALID: squawk
+    # would flag a validated one in a file that did not create its table), validated last
+    assert steps(generated, "global") == ["", "_concurrently", "_after_indexes", "_validate"]
+    for migration in generated:
+        path = tmp_path / migration["path"]
+        assert squawk.blocking(squawk.lint(path)) == [], squawk.describe(path, squawk.lint(path))
     project.ok("migrate")
     assert project.unfinished("public") == []
     project.matches_manifests()
-    project.ok("rollback", "--step", "3")
+    project.ok("rollback", "--step", str(len(generated)))
     assert project.schemas("public") == before

@@ -11,7 +11,8 @@ as consecutive migrations:
 2. **concurrently**, one migration per statement (``transaction:false``; dbmate sends a section as one query,
    and two ``CREATE INDEX CONCURRENTLY`` in one query fail with 25001): ``CREATE [UNIQUE] INDEX CONCURRENTLY``;
 3. **after_indexes** (one transaction), only when needed: foreign keys whose referenced unique index is built in
-   step 2 (PostgreSQL requires it to exist), and custom statements of a table that gets such an index;
+   step 2 (PostgreSQL requires it to exist; NOT VALID, even on a new table, as the step is not the one that
+   created it), and custom statements of a table that gets an index in step 2;
 4. **validate** (``transaction:false``, so the runner commits each statement on its own and resumes at the one
    that was interrupted): ``VALIDATE CONSTRAINT`` (SHARE UPDATE EXCLUSIVE: reads and writes go on), then
    ``SET NOT NULL`` (no scan: the validated helper proves it) and the helper's drop, then identities that
@@ -55,15 +56,19 @@ def steps(ordered: Sequence[ops.Operation], *, online: bool = True) -> list[Step
     concurrent: list[ops.Operation] = []
     if online:
         ordered = _concurrent_indexes(ordered, created)
-    built = {op.table for op in ordered if isinstance(op, ops.CreateIndex) and op.concurrent and op.index.unique}
+    built = {
+        (op.table, op.index.columns)
+        for op in ordered
+        if isinstance(op, ops.CreateIndex) and op.concurrent and op.index.unique and op.index.where is None
+    }
     indexed = {op.table for op in ordered if isinstance(op, ops.CreateIndex) and op.concurrent}
     after: list[ops.Operation] = []
     deferred_nulls = _deferred_nulls(ordered, created) if online else set()
     for op in ordered:
         if op.concurrent:
             concurrent.append(op)
-        elif isinstance(op, ops.AddForeignKey) and _target(op) in built:
-            after.append(_not_valid(op, created, online, later))
+        elif isinstance(op, ops.AddForeignKey) and (_target(op), (op.reference.column,)) in built:
+            after.append(_not_valid(op, set(), True, later))  # not in the file that created its table: NOT VALID
         elif isinstance(op, ops.RunStatement) and not op.removal and op.table in indexed:
             after.append(op)
         elif isinstance(op, ops.AlterNull) and (op.table, op.column) in deferred_nulls:
