@@ -127,6 +127,16 @@ class Project:
                 catalog.assert_matches(conn, [t for t in cfg.tables if t.schema == schema], schema)
             catalog.assert_matches(conn, [t for t in cfg.tables if t.is_tenant], TENANT)
 
+    def storage(self) -> dict[int, tuple[str, int]]:
+        """Every user table: oid -> (schema.name, relfilenode). A rewrite gives the table a new relfilenode."""
+        with psycopg.connect(self.url) as conn:
+            rows = conn.execute(
+                "SELECT c.oid, n.nspname || '.' || c.relname, c.relfilenode FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' "
+                "AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            ).fetchall()
+        return {oid: (name, node) for oid, name, node in rows}
+
     def query(self, text: str, *params: object) -> list[tuple[object, ...]]:
         with psycopg.connect(self.url) as conn:
             return conn.execute(text.encode(), params or None).fetchall()
