@@ -98,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--check", action="store_true", help="write nothing; exit 1 if anything would be generated")
     generate.add_argument("--dry-run", action="store_true", help="print the files instead of writing them")
     generate.add_argument("--allow-destructive", action="store_true", help="allow dropping tables and columns")
+    generate.add_argument(
+        "--allow-blocking",
+        action="store_true",
+        help="allow changes that rewrite a table under ACCESS EXCLUSIVE (type changes, volatile defaults)",
+    )
     generate.add_argument("--repo", help="only this repo")
     generate.set_defaults(handler=cmd_generate)
 
@@ -622,6 +627,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         repo=args.repo,
         name=args.name,
         allow_destructive=args.allow_destructive,
+        allow_blocking=args.allow_blocking,
         write=write,
     )
     if args.json:

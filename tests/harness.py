@@ -60,11 +60,20 @@ class Project:
             write(directory / f"r{i}.yaml", text)
         return config.load(directory, base=self.root)
 
-    def make(self, cfg: model.Config, *, allow_destructive: bool = False, name: str = "step") -> generate.Plan:
+    def make(
+        self, cfg: model.Config, *, allow_destructive: bool = False, allow_blocking: bool = False, name: str = "step"
+    ) -> generate.Plan:
         self.clock += dt.timedelta(minutes=1)
         store = self.store(cfg)
         with store.generating():
-            plan = generate.plan(cfg, lambda _: store, allow_destructive=allow_destructive, name=name, now=self.clock)
+            plan = generate.plan(
+                cfg,
+                lambda _: store,
+                allow_destructive=allow_destructive,
+                allow_blocking=allow_blocking,
+                name=name,
+                now=self.clock,
+            )
             plan.write(store)
         return plan
 
@@ -73,10 +82,12 @@ class Project:
         repo = dataclasses.replace(cfg.repos[0], url=self.url)
         return state.store(self.state_kind, repo, self.root)
 
-    def step(self, *resources: str, repo_extra: str = "", allow_destructive: bool = False) -> generate.Plan:
+    def step(
+        self, *resources: str, repo_extra: str = "", allow_destructive: bool = False, allow_blocking: bool = False
+    ) -> generate.Plan:
         """Configure, generate, apply up, and check the catalog; return the plan."""
         cfg = self.configure(*resources, repo_extra=repo_extra)
-        plan = self.make(cfg, allow_destructive=allow_destructive)
+        plan = self.make(cfg, allow_destructive=allow_destructive, allow_blocking=allow_blocking)
         self.apply(plan.migrations, "up")
         self.check(cfg)
         self.history.append((cfg, plan.migrations))
@@ -116,6 +127,16 @@ class Project:
                 catalog.assert_matches(conn, [t for t in cfg.tables if t.schema == schema], schema)
             catalog.assert_matches(conn, [t for t in cfg.tables if t.is_tenant], TENANT)
             assert catalog.unfinished(conn, [*sorted(schemas), TENANT]) == []
+
+    def storage(self) -> dict[int, tuple[str, int]]:
+        """Every user table: oid -> (schema.name, relfilenode). A rewrite gives the table a new relfilenode."""
+        with psycopg.connect(self.url) as conn:
+            rows = conn.execute(
+                "SELECT c.oid, n.nspname || '.' || c.relname, c.relfilenode FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' "
+                "AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            ).fetchall()
+        return {oid: (name, node) for oid, name, node in rows}
 
     def query(self, text: str, *params: object) -> list[tuple[object, ...]]:
         with psycopg.connect(self.url) as conn:

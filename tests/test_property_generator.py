@@ -2,15 +2,20 @@
 catalog matches the previous manifests, on a real PostgreSQL.
 
 Each example works in a schema of its own (the database is shared by the examples of one run) and a fresh
-directory for migrations and snapshots. Edits: add/drop/rename tables, add/drop/rename columns, type,
-nullability and default changes, unique identities, indexes (partial ones too), check constraints and
-foreign keys. Tables stay empty, so every cast in the type pool converts.
+directory for migrations and snapshots. Edits: add/drop/rename tables, add/drop/rename columns (some with SQL
+defaults, volatile or not), type, nullability and default changes, unique identities, indexes (partial ones
+too), check constraints and foreign keys. Tables stay empty, so every cast in the type pool converts.
+
+Each step is generated first as users do, without allowing blocking changes: it must be refused exactly when
+applying it (generated again with ``allow_blocking``) rewrites a table that existed, as PostgreSQL tells by the
+table's new ``relfilenode``, and the refusal names exactly those tables.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,10 +25,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.errors import ConfigError
+from orchestrator.generator import generate
 from tests.harness import Project
 
 TYPES = ["integer", "bigint", "text", "varchar(50)", "numeric(10,2)"]
 DEFAULTS = {"integer": 0, "bigint": 7, "text": "x", "varchar(50)": "y", "numeric(10,2)": 1.5}
+SQL_DEFAULTS = {  # volatile or not: a column added with one of these rewrites its table, or does not
+    "integer": ["(random() * 100)::integer", "extract(year from now())::integer"],
+    "text": ["md5(random()::text)", "lower('A(b)') || now()::text"],
+}
 NAMES = ["alpha", "beta", "gamma", "delta"]
 COLUMNS = ["c1", "c2", "c3", "c4", "c5"]
 _counter = itertools.count()
@@ -47,7 +57,8 @@ def forget_column(table: dict[str, Any], name: str) -> None:
             del table[key]
 
 
-def edit(data: st.DataObject, tables: Tables) -> None:
+def edit(data: st.DataObject, tables: Tables, existing: set[str]) -> None:
+    """One random edit; ``existing``: the table names at the start of the step (see rename_table)."""
     kinds = ["add_table", "add_column"]
     if tables:
         kinds += ["drop_table", "rename_table"] + ["identity", "index", "check", "fk"] * 2
@@ -70,13 +81,19 @@ def edit(data: st.DataObject, tables: Tables) -> None:
             for a in other["attributes"]:
                 if a.get("references", {}).get("resource") == key:
                     del a["references"]
-    elif kind == "rename_table" and free_tables:
-        table["renamedFrom"], table["table"] = table["table"], data.draw(st.sampled_from(free_tables))
+    elif kind == "rename_table" and (targets := [n for n in free_tables if n not in existing]):
+        # not to the name of a table dropped in the same step: the generator renames before it drops (a known
+        # limitation, DuplicateTable when applied)
+        table["renamedFrom"], table["table"] = table["table"], data.draw(st.sampled_from(targets))
     elif kind == "add_column":
         free = [c for c in COLUMNS if c not in {a["name"] for a in table["attributes"]}]
         if free:
             type_ = data.draw(st.sampled_from(TYPES))
-            table["attributes"].append({"name": data.draw(st.sampled_from(free)), "type": type_})
+            column: dict[str, Any] = {"name": data.draw(st.sampled_from(free)), "type": type_}
+            default = data.draw(st.sampled_from([None, *SQL_DEFAULTS.get(type_, [])]))
+            if default:
+                column["defaultSql"] = default
+            table["attributes"].append(column)
     elif col is None:
         return
     elif kind == "drop_column":
@@ -89,13 +106,15 @@ def edit(data: st.DataObject, tables: Tables) -> None:
             col["renamedFrom"], col["name"] = col["name"], data.draw(st.sampled_from(free))
     elif kind == "retype" and not col.get("references"):
         col["type"] = data.draw(st.sampled_from(TYPES))
+        col.pop("defaultSql", None)
         if "default" in col:
             col["default"] = DEFAULTS[col["type"]]
     elif kind == "nullability":
         col["allowNull"] = not col.get("allowNull", True)
     elif kind == "default" and col["type"] in DEFAULTS:
-        if "default" in col:
-            del col["default"]
+        if "default" in col or "defaultSql" in col:
+            col.pop("default", None)
+            col.pop("defaultSql", None)
         else:
             col["default"] = DEFAULTS[col["type"]]
     elif kind == "identity":
@@ -137,6 +156,26 @@ def settle(tables: Tables) -> None:
             a.pop("renamedFrom", None)
 
 
+def step(project: Project, documents: list[str]) -> None:
+    """``project.step``, generated first without allowing blocking changes: refused exactly when the migration
+    rewrites tables that existed, naming those tables."""
+    cfg = project.configure(*documents)
+    try:
+        plan = project.make(cfg, allow_destructive=True)
+        refused: set[str] = set()
+    except generate.BlockingChangeError as exc:
+        refused = set(re.findall(r"rewrites table (\S+)", str(exc)))
+        assert refused, str(exc)
+        plan = project.make(cfg, allow_destructive=True, allow_blocking=True)
+    before = project.storage()
+    project.apply(plan.migrations, "up")
+    after = project.storage()
+    rewritten = {name for oid, (name, node) in after.items() if oid in before and before[oid][1] != node}
+    assert refused == rewritten
+    project.check(cfg)
+    project.history.append((cfg, plan.migrations))
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_random_edit_sequences_round_trip(database_url: str, data: st.DataObject) -> None:
@@ -149,13 +188,14 @@ def test_random_edit_sequences_round_trip(database_url: str, data: st.DataObject
             tables[name]["attributes"].append({"name": column, "type": data.draw(st.sampled_from(TYPES))})
     steps = 0
     for _ in range(data.draw(st.integers(1, 5), label="steps")):
+        existing = {t["table"] for t in tables.values()}
         for _ in range(data.draw(st.integers(1, 3), label="edits")):
-            edit(data, tables)
+            edit(data, tables, existing)
         try:
             project.configure(*documents(tables, schema))
         except ConfigError:
             continue  # an edit combination the validator refuses (it says where): not a generator case
-        project.step(*documents(tables, schema), allow_destructive=True)
+        step(project, documents(tables, schema))
         settle(tables)
         steps += 1
     for _ in range(steps):

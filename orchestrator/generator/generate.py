@@ -2,8 +2,9 @@
 
 Per repo and scope (global, tenant) one migration holds the ordered operations; ``CREATE INDEX CONCURRENTLY``
 goes to a companion migration marked ``transaction:false``. Snapshots are written for the tables that changed
-only. Nothing is written when a destructive change is not allowed, or with ``check``/``dry_run``: the plan is
-computed first, completely, and files are written only at the end.
+only. Nothing is written when a destructive change, or a change that rewrites a table (``rewrites``), is not
+allowed, or with ``check``/``dry_run``: the plan is computed first, completely, and files are written only at
+the end.
 
 Versions are unique per database: repos whose URLs name the same database share its
 ``public.schema_migrations``, so a repo's new version is above every version of the other repos on that
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from orchestrator import model, pgtypes, state
 from orchestrator.errors import BadInputError, OrchestratorError
-from orchestrator.generator import compare, locks, online, order, snapshots
+from orchestrator.generator import compare, locks, online, order, rewrites, snapshots
 from orchestrator.generator import operations as ops
 
 DEFAULT_NAME = "migrate_resources"
@@ -45,6 +46,11 @@ _SAFE_CASTS = {
 
 class DestructiveChangeError(OrchestratorError):
     """Tables or columns would be dropped and the user did not allow it (exit 1, nothing written)."""
+
+
+class BlockingChangeError(DestructiveChangeError):
+    """A change would rewrite a table under ACCESS EXCLUSIVE and the user did not allow it (exit 1, nothing
+    written). Its message lists destructive changes refused in the same run too."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ def run(
     repo: str | None = None,
     name: str | None = None,
     allow_destructive: bool = False,
+    allow_blocking: bool = False,
     write: bool = True,
     now: dt.datetime | None = None,
 ) -> Plan:
@@ -112,7 +119,14 @@ def run(
                 if item not in sharing:
                     stack.enter_context(store.generating())
         result = plan(
-            cfg, stores.__getitem__, repo=repo, name=name, allow_destructive=allow_destructive, now=now, root=root
+            cfg,
+            stores.__getitem__,
+            repo=repo,
+            name=name,
+            allow_destructive=allow_destructive,
+            allow_blocking=allow_blocking,
+            now=now,
+            root=root,
         )
         if write and not result.empty:
             for item, store in stores.items():
@@ -127,6 +141,7 @@ def plan(
     repo: str | None = None,
     name: str | None = None,
     allow_destructive: bool = False,
+    allow_blocking: bool = False,
     now: dt.datetime | None = None,
     root: Path | None = None,
 ) -> Plan:
@@ -142,11 +157,17 @@ def plan(
         raise BadInputError(f"unknown repo {repo!r} (known: {', '.join(r.name for r in cfg.repos)})")
     result = Plan()
     refused: list[str] = []
+    blocking: list[str] = []
     shared = _shared_databases(cfg.repos, root or Path.cwd())
     result.warnings += _clashes(shared, stores)
     for item in repos:
         first = _first_version(_taken(item, shared, stores, result), now)
-        _plan_repo(item, cfg.tables_of(item.name), stores(item), name, allow_destructive, first, result, refused)
+        tables = cfg.tables_of(item.name)
+        _plan_repo(
+            item, tables, stores(item), name, allow_destructive, allow_blocking, first, result, refused, blocking
+        )
+    if blocking:
+        raise BlockingChangeError("\n".join([_blocking_refusal(blocking), *([_refusal(refused)] if refused else [])]))
     if refused:
         raise DestructiveChangeError(_refusal(refused))
     return result
@@ -158,9 +179,11 @@ def _plan_repo(
     store: state.Store,
     name: str,
     allow_destructive: bool,
+    allow_blocking: bool,
     version: str,
     result: Plan,
     refused: list[str],
+    blocking: list[str],
 ) -> None:
     base = Path(repo.snapshots_path)
     stored = store.read(repo.snapshots_path)
@@ -192,7 +215,18 @@ def _plan_repo(
         snapshot_version = version
         if operations:
             version = _emit(
-                repo, scope, path, operations, diff.resources, name, version, allow_destructive, result, refused
+                repo,
+                scope,
+                path,
+                operations,
+                diff.resources,
+                name,
+                version,
+                allow_destructive,
+                allow_blocking,
+                result,
+                refused,
+                blocking,
             )
         for key, table in sorted(diff.snapshots.items()):
             file = base / snapshots.folder(key) / f"{snapshot_version}.json"
@@ -211,12 +245,16 @@ def _emit(
     name: str,
     version: str,
     allow_destructive: bool,
+    allow_blocking: bool,
     result: Plan,
     refused: list[str],
+    blocking: list[str],
 ) -> str:
     """Order the operations, add the migration file(s) of one scope to ``result``; return the next version."""
     if not (allow_destructive or repo.allow_destructive):
         refused += [f"{repo.name}: {op.describe()}" for op in operations if op.destructive]
+    if not (allow_blocking or repo.allow_blocking or not repo.online_safe):  # onlineSafe: false: plain DDL
+        blocking += [f"{repo.name}: {line}" for line in rewrites.rewrites(operations)]
     ordered = order.order(operations)
     result.warnings += [f"{repo.name}: {w}" for w in _warnings(ordered)]
     sources = ", ".join(sorted(resources)) or f"repo {repo.name}"
@@ -256,7 +294,7 @@ def _migration_text(step: online.Step, sources: str, created: set[str], where: s
 
 
 def _rewrites(op: ops.Operation) -> bool:
-    return False
+    return rewrites.why(op) is not None
 
 
 # -- versions ------------------------------------------------------------------------------------------------
@@ -357,6 +395,8 @@ def _warnings(operations: Sequence[ops.Operation]) -> list[str]:
 
 
 def _safe_cast(old: str, new: str) -> bool:
+    if not rewrites.type_change_rewrites(old, new):
+        return True  # changed in place: PostgreSQL converts no value
     old_base, new_base = pgtypes.base_type(old), pgtypes.base_type(new)
     if old.endswith("[]") != new.endswith("[]"):
         return False
@@ -405,6 +445,22 @@ def _breaks_tenant_keys(
                             "first, generate and roll it out, then the global one"
                         )
     return blocked
+
+
+def _blocking_refusal(blocking: list[str]) -> str:
+    lines = ["refusing changes that rewrite a table; nothing was written:"]
+    lines += [f"  {item}" for item in blocking]
+    lines += [
+        "Ways forward:",
+        "  - a new type: add a new column of the new type, backfill it in batches and switch over to it (expand/"
+        "contract), or choose a type PostgreSQL converts in place (varchar(n) widened, text, numeric precision "
+        "widened);",
+        "  - a volatile default (or identity, serial): add the column without it, then set the default or add the "
+        "identity (new rows only) and backfill the existing rows in batches;",
+        "  - accept the lock in a maintenance window: run again with --allow-blocking, or set allowBlocking: true "
+        "on the Repo.",
+    ]
+    return "\n".join(lines)
 
 
 def _refusal(refused: list[str]) -> str:
