@@ -17,9 +17,9 @@ import psycopg
 from psycopg import sql
 
 from orchestrator import config, model, state
-from orchestrator.generator import generate
+from orchestrator.generator import generate, rewrites
 from orchestrator.migrations import files
-from tests import catalog
+from tests import catalog, squawk
 from tests.conftest import write
 
 TENANT = "t1"
@@ -75,7 +75,21 @@ class Project:
                 now=self.clock,
             )
             plan.write(store)
+        self.lint(plan, allow_blocking=allow_blocking)
         return plan
+
+    def lint(self, plan: generate.Plan, *, allow_blocking: bool) -> None:
+        """squawk, the external oracle, over every generated up-migration: no blocking finding.
+
+        squawk flags every type change (``changing-column-type``). One that gets here is either made in place
+        (``rewrites`` says so, checked against the live server in ``test_rewrites``) or a rewrite the test
+        allowed (without ``allow_blocking`` the generator refuses it): those findings are checked that way.
+        """
+        for migration in plan.migrations:
+            found = squawk.blocking(squawk.lint(migration.path, text=migration.text))
+            if allow_blocking or not any(rewrites.why(op) for op in migration.operations):
+                found = [f for f in found if f.rule != "changing-column-type"]
+            assert found == [], "squawk:\n" + squawk.describe(migration.path, found, migration.text)
 
     def store(self, cfg: model.Config) -> state.Store:
         """Files under the project root, or the database (the repo's URL is this project's database)."""
