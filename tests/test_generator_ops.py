@@ -461,3 +461,14 @@ def test_global_drop_that_a_tenant_key_depends_on_is_refused(project: Project) -
     project.step(plan_table, res("task", "tasks", ID + task % ", references: {resource: plan}", ctx))
     with pytest.raises(generate.DestructiveChangeError, match="tenant foreign key tasks_plan_id_fkey"):
         project.step(res("task", "tasks", ID + task % "", ctx), allow_destructive=True)
+
+
+def test_a_table_renamed_to_the_name_of_one_dropped_in_the_same_step(project: Project) -> None:
+    project.step(res("a", "alpha", ID), res("b", "beta", ID + "    - {name: label, type: text}\n"))
+    project.execute("INSERT INTO beta (id, label) VALUES (1, 'kept')")
+    renamed = res("b", "alpha", ID + "    - {name: label, type: text}\n", "  renamedFrom: beta\n")
+    plan = project.step(renamed, allow_destructive=True)
+    assert kinds(plan) == ["DropTable", "RenameTable", "RenameConstraint"]  # the old alpha first, or they collide
+    assert project.query("SELECT label FROM alpha") == [("kept",)]
+    project.undo()
+    assert project.query("SELECT label FROM beta") == [("kept",)]

@@ -50,9 +50,11 @@ def _references(op: ops.Operation) -> set[Hashable]:
 
 def order(operations: Sequence[ops.Operation]) -> list[ops.Operation]:
     """Return ``operations`` in phase order, tables topologically sorted where they depend on each other."""
-    by_phase: dict[int, list[ops.Operation]] = {}
+    taken = _names_taken(operations)
+    by_phase: dict[float, list[ops.Operation]] = {}
     for op in operations:
-        by_phase.setdefault(ops.phase(op), []).append(op)
+        early = isinstance(op, ops.DropTable) and op.table in taken
+        by_phase.setdefault(_BEFORE_RENAMES if early else ops.phase(op), []).append(op)
     result: list[ops.Operation] = []
     for phase in sorted(by_phase):
         group = by_phase[phase]
@@ -62,6 +64,16 @@ def order(operations: Sequence[ops.Operation]) -> list[ops.Operation]:
                 group.reverse()  # referencing tables go first
         result += group
     return result
+
+
+_BEFORE_RENAMES = ops.RenameTable.PHASE - 0.5
+"""Where a dropped table goes whose name a renamed or moved table takes: before the rename, or it collides."""
+
+
+def _names_taken(operations: Sequence[ops.Operation]) -> set[str]:
+    """The tables names renames and moves give to tables (as ``Operation.table`` spells them)."""
+    names = {str(ops.Ref(op.ref.schema, op.new_name)) for op in operations if isinstance(op, ops.RenameTable)}
+    return names | {str(ops.Ref(op.new_schema, op.ref.name)) for op in operations if isinstance(op, ops.MoveTable)}
 
 
 def down(operations: Sequence[ops.Operation]) -> list[ops.Operation]:
