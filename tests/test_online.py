@@ -235,7 +235,7 @@ def test_kill_9_during_validate_then_the_next_run_completes(tmp_path: Path, data
     assert len(_applied(project)) == len(applied) + 1
     assert project.unfinished("public") == [
         "constraint public.users.n_gated NOT VALID",
-        "helper check public.users.users_email_not_null",
+        "helper check public.users.users_email_nn_helper",
     ]
     result = project.ok("migrate")
     assert "resuming" in result.out and "at statement 2 of 4" in result.out
@@ -289,3 +289,69 @@ def test_an_identity_a_new_foreign_key_points_at_is_built_before_it(tmp_path: Pa
     project.matches_manifests()
     project.ok("rollback", "--step", str(len(generated)))
     assert project.schemas("public") == before
+
+
+def test_a_failed_validation_starts_over_after_a_rollback(tmp_path: Path, database_url: str) -> None:
+    """A half-run _validate leaves progress behind; rolling its change back forgets it, so applying the change
+    again validates every constraint (resuming at the failed statement would leave the first NOT VALID)."""
+    project = Project(tmp_path, database_url)
+    project.tables(res("user", "users", USERS % ""))
+    project.generate()
+    project.ok("migrate")
+    project.execute("INSERT INTO users VALUES (1, 'a@x', 1), (2, 'b@x', -2)")
+    checks = '  checkConstraints:\n    - {name: c1, check: "n < 100"}\n    - {name: c2, check: "n > 0"}\n'
+    project.tables(res("user", "users", USERS % "", checks))
+    assert steps(project.generate(), "global") == ["", "_validate"]
+    failed = project.cli("migrate")
+    assert failed.code == 1 and "23514" in failed.out + failed.err
+    # c1 was validated and committed on its own (progress: 1 of 2), c2 failed
+    assert project.unfinished("public") == ["constraint public.users.c2 NOT VALID"]
+
+    project.ok("rollback", "--step", "1")  # the main step: both constraints gone, and the progress with them
+    project.execute("UPDATE users SET n = 2 WHERE id = 2")
+    result = project.ok("migrate")
+    assert "resuming" not in result.out
+    assert project.unfinished("public") == []
+
+
+def test_a_concurrent_build_waits_for_old_transactions_longer_than_lock_timeout(
+    tmp_path: Path, database_url: str
+) -> None:
+    """CREATE INDEX CONCURRENTLY waits for every transaction that writes the table; waiting blocks nobody, so it
+    gets lockWait, not the short lockTimeout (which would fail it and rebuild from scratch on each retry)."""
+    project = Project(tmp_path, database_url)
+    project.tables(res("user", "users", USERS % ""))
+    (tmp_path / "config/repo.yaml").write_text(REPO.replace("lockTimeout: 60s", "lockTimeout: 200ms, lockWait: 60s"))
+    project.generate()
+    project.ok("migrate")
+    project.execute("INSERT INTO users SELECT g, 'u' || g || '@x', g FROM generate_series(1, 100) g")
+    project.tables(res("user", "users", USERS % "", "  indexes:\n    - {fields: [n]}\n"))
+    (tmp_path / "config/repo.yaml").write_text(REPO.replace("lockTimeout: 60s", "lockTimeout: 200ms, lockWait: 60s"))
+    project.generate()
+    with psycopg.connect(project.url) as writer:
+        writer.execute("UPDATE users SET n = n WHERE id = 1")  # an open transaction that wrote the table
+        runner = start_cli("migrate", cwd=project.root, env={"APP_URL": project.url})
+        where = "wait_event_type = 'Lock' AND query ILIKE %s AND now() - query_start > interval '1 second'"
+        wait_for_session(project.url, where, "the build waiting past lockTimeout", ("%CONCURRENTLY%",), runner)
+        writer.commit()
+    out, err = runner.communicate(timeout=120)
+    assert runner.returncode == 0, out + err
+    assert project.unfinished("public") == []
+    project.matches_manifests()
+
+
+def test_the_steps_of_a_change_are_withdrawn_together(tmp_path: Path, database_url: str) -> None:
+    project = Project(tmp_path, database_url)
+    project.tables(res("user", "users", USERS % ""))
+    project.generate()
+    project.ok("migrate")
+    project.tables(res("user", "users", USERS % ", allowNull: false", "  indexes:\n    - {fields: [n]}\n"))
+    generated = project.generate()
+    assert steps(generated, "global") == ["", "_concurrently", "_validate"]
+    later = Path(generated[1]["path"]).name[:14]
+    refused = project.cli("withdraw", later)
+    assert refused.code == 2 and f"withdraw version {Path(generated[0]['path']).name[:14]}" in refused.err
+    project.ok("withdraw")
+    assert project.cli("generate-migrations", "--check").code == 1  # the change is to be generated again
+    named = project.cli("generate-migrations", "--name", "tidy_validate")
+    assert named.code == 2 and "_validate" in named.err

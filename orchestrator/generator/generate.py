@@ -152,6 +152,9 @@ def plan(
     name = name or DEFAULT_NAME
     if not _NAME.match(name):
         raise BadInputError(f"--name {name!r}: use lower-case letters, digits and _ (at most 100)")
+    if any(name.endswith(suffix) for suffix in online.STEPS if suffix):
+        steps = ", ".join(s for s in online.STEPS if s)
+        raise BadInputError(f"--name {name!r}: must not end like the files of an online change's steps ({steps})")
     repos = [r for r in cfg.repos if repo is None or r.name == repo]
     if repo is not None and not repos:
         raise BadInputError(f"unknown repo {repo!r} (known: {', '.join(r.name for r in cfg.repos)})")

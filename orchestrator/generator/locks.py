@@ -34,6 +34,8 @@ def _lock(op: ops.Operation, rewrites: Callable[[ops.Operation], bool]) -> tuple
     if isinstance(op, ops.AddColumn | ops.AlterType):
         if rewrites(op):
             return _AE, "REWRITES the table (reads and writes wait for the whole rewrite)"
+        if isinstance(op, ops.AlterType):
+            return _AE, "no rewrite; a CHECK on the column is re-checked by a scan, its indexes may be rebuilt"
         return _AE, _BRIEF
     if isinstance(op, ops.AlterNull):
         if op.allow_null:

@@ -12,7 +12,7 @@ as consecutive migrations:
    and two ``CREATE INDEX CONCURRENTLY`` in one query fail with 25001): ``CREATE [UNIQUE] INDEX CONCURRENTLY``;
 3. **after_indexes** (one transaction), only when needed: foreign keys whose referenced unique index is built in
    step 2 (PostgreSQL requires it to exist; NOT VALID, even on a new table, as the step is not the one that
-   created it), and custom statements of a table that gets an index in step 2;
+   created it). Custom statements stay in step 1, in their place among the other changes;
 4. **validate** (``transaction:false``, so the runner commits each statement on its own and resumes at the one
    that was interrupted): ``VALIDATE CONSTRAINT`` (SHARE UPDATE EXCLUSIVE: reads and writes go on), then
    ``SET NOT NULL`` (no scan: the validated helper proves it) and the helper's drop, then identities that
@@ -61,7 +61,6 @@ def steps(ordered: Sequence[ops.Operation], *, online: bool = True) -> list[Step
         for op in ordered
         if isinstance(op, ops.CreateIndex) and op.concurrent and op.index.unique and op.index.where is None
     }
-    indexed = {op.table for op in ordered if isinstance(op, ops.CreateIndex) and op.concurrent}
     after: list[ops.Operation] = []
     deferred_nulls = _deferred_nulls(ordered, created) if online else set()
     for op in ordered:
@@ -69,8 +68,6 @@ def steps(ordered: Sequence[ops.Operation], *, online: bool = True) -> list[Step
             concurrent.append(op)
         elif isinstance(op, ops.AddForeignKey) and (_target(op), (op.reference.column,)) in built:
             after.append(_not_valid(op, set(), True, later))  # not in the file that created its table: NOT VALID
-        elif isinstance(op, ops.RunStatement) and not op.removal and op.table in indexed:
-            after.append(op)
         elif isinstance(op, ops.AlterNull) and (op.table, op.column) in deferred_nulls:
             helper = helper_name(op.ref.name, op.column)
             main.append(ops.NullCheck(op.ref, op.column, helper))
@@ -92,8 +89,9 @@ def steps(ordered: Sequence[ops.Operation], *, online: bool = True) -> list[Step
 
 
 def helper_name(table: str, column: str) -> str:
-    """The helper check's name: ``<table>_<column>_not_null``, shortened with a hash to PostgreSQL's 63 bytes."""
-    name = f"{table}_{column}_not_null"
+    """The helper check's name: ``<table>_<column>_nn_helper`` (not PostgreSQL 18's own ``…_not_null`` name for
+    NOT NULL constraints), shortened with a hash to PostgreSQL's 63 bytes."""
+    name = f"{table}_{column}_nn_helper"
     if len(name.encode()) <= 63:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]

@@ -52,7 +52,6 @@ BINARY_COERCIBLE = frozenset(
         ("citext", "varchar"),
         ("varchar", "citext"),
         ("citext", "char"),
-        ("char", "citext"),
     }
 )
 """Casts PostgreSQL does without a function (``pg_cast.castmethod = 'b'``, citext's ``WITHOUT FUNCTION``

@@ -39,6 +39,10 @@ _CONCURRENT_INDEX = re.compile(
 )
 
 
+_PATIENT = re.compile(
+    r"^(CREATE\s+(UNIQUE\s+)?INDEX\s+CONCURRENTLY|DROP\s+INDEX\s+CONCURRENTLY|ALTER\s+TABLE\b[^;]*\bVALIDATE\s+CONSTRAINT\b)",
+    re.I,
+)
 _NO_REPLAY = frozenset({"57", "53", "54", "55", "58", "XX"})
 
 
@@ -82,7 +86,7 @@ def apply(
         _non_transactional(conn, target, migration, direction, section, sink)
         with conn.transaction():
             _finish(conn, target, migration, direction, _ms(started), store_text)
-            recorder.clear_progress(conn, target.name, _progress_key(migration, direction))
+            recorder.clear_progress(conn, target.name, migration.version)
     return _ms(started)
 
 
@@ -130,7 +134,9 @@ def _non_transactional(
     statements = section.located()
     if done:
         sink(events.Resumed(target, migration, done + 1, len(statements)))
+    waits = f"{target.repo.timeouts.lock_timeout_ms}ms"
     for index, statement in enumerate(statements[done:], start=done):
+        waits = _lock_timeout(conn, target, _code(statement.sql), waits)
         if _NO_TRANSACTION.search(_code(statement.sql)):
             if _prepare_concurrent(conn, statement.sql):
                 _execute(conn, migration, statement)
@@ -140,6 +146,19 @@ def _non_transactional(
                 _execute(conn, migration, statement)
                 recorder.set_progress(conn, target.name, key, index + 1, migration.checksum)
     _reset(conn)
+
+
+def _lock_timeout(conn: psycopg.Connection[Any], target: Target, code: str, current: str) -> str:
+    """Give a statement that only takes SHARE UPDATE EXCLUSIVE (a concurrent index build or drop, VALIDATE
+    CONSTRAINT) the repo's ``lockWait`` to wait for locks instead of ``lockTimeout``: waiting, it blocks no read
+    or write of the application, and a concurrent build waits for every older transaction of the database, which
+    a short lock_timeout would make it fail (and rebuild from scratch) on any long transaction."""
+    timeouts = target.repo.timeouts
+    ms = max(timeouts.lock_timeout_ms, timeouts.lock_wait_ms) if _PATIENT.match(code) else timeouts.lock_timeout_ms
+    wanted = f"{ms}ms"
+    if wanted != current:
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (wanted,))
+    return wanted
 
 
 def _progress_key(migration: files.MigrationFile, direction: Direction) -> int:
@@ -174,6 +193,9 @@ def _finish(
             )
     else:
         recorder.forget(conn, target.schema, migration.version)
+        # partial progress of this or a newer migration is stale once this one is rolled back: a half-run
+        # _validate must start from its first statement when its change is applied again
+        recorder.clear_progress(conn, target.name, migration.version, newer=True)
 
 
 def _settings(conn: psycopg.Connection[Any], target: Target, *, local: bool) -> None:

@@ -300,8 +300,14 @@ def forget_stale_progress(conn: psycopg.Connection[Any], target: str, version: i
     return cursor.rowcount > 0
 
 
-def clear_progress(conn: psycopg.Connection[Any], target: str, version: int) -> None:
-    conn.execute("DELETE FROM orchestrator.progress WHERE target = %s AND version = %s", (target, version))
+def clear_progress(conn: psycopg.Connection[Any], target: str, version: int, *, newer: bool = False) -> None:
+    """Forget the partial progress of ``version`` on ``target``, up and down; with ``newer``, of every later
+    version too (a rollback past them: what a half-run newer migration did is gone or about to be re-run)."""
+    conn.execute(
+        "DELETE FROM orchestrator.progress WHERE target = %s AND "
+        "CASE WHEN %s THEN abs(version) >= %s ELSE abs(version) = %s END",
+        (target, newer, version, version),
+    )
 
 
 def start_rollout(conn: psycopg.Connection[Any], direction: str, tenants: int) -> int:

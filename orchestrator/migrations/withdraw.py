@@ -191,8 +191,8 @@ def plan(store: state.Store, repo: model.Repo, entries: list[Entry], version: in
             )
         start = [e.version for e in generation].index(version)
         chosen = generation[start]
-        owner = next((e for e in generation[:start] if e.scope == chosen.scope and not e.companion), None)
-        if chosen.companion and owner is not None:
+        owner = next(e for e in generation if e.scope == chosen.scope)  # a scope's steps go together
+        if owner is not chosen:
             raise BadInputError(
                 f"{repo.name}: {chosen.path} was generated together with {owner.path} and shares "
                 f"its snapshots; withdraw version {owner.version}"
