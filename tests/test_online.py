@@ -211,18 +211,29 @@ def _backend_alive(url: str, pid: int) -> bool:
         return bool(conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone())
 
 
+def users_with_rows(root: Path, url: str, *, rows: int = 500, gate: bool = False) -> Project:
+    """A project whose ``users`` table exists (generated, migrated) and holds ``rows`` rows."""
+    project = Project(root, url)
+    if gate:
+        project.execute(GATE)
+    project.tables(res("user", "users", USERS % ""))
+    project.generate()
+    project.ok("migrate")
+    project.execute(
+        sql.SQL("INSERT INTO users SELECT g, 'u' || g || '@x', g FROM generate_series(1, {}) g")
+        .format(rows)
+        .as_string(None)
+    )
+    return project
+
+
 def _applied(project: Project) -> list[str]:
     with psycopg.connect(project.url) as conn:
         return [str(r[0]) for r in conn.execute("SELECT version FROM public.schema_migrations ORDER BY 1")]
 
 
 def test_kill_9_during_validate_then_the_next_run_completes(tmp_path: Path, database_url: str) -> None:
-    project = Project(tmp_path, database_url)
-    project.execute(GATE)
-    project.tables(res("user", "users", USERS % ""))
-    project.generate()
-    project.ok("migrate")
-    project.execute("INSERT INTO users SELECT g, 'u' || g || '@x', g FROM generate_series(1, 500) g")
+    project = users_with_rows(tmp_path, database_url, gate=True)
 
     checks = '  checkConstraints:\n    - {name: n_gated, check: "gate(n)"}\n'
     project.tables(res("user", "users", USERS % ", allowNull: false", checks))
@@ -245,12 +256,7 @@ def test_kill_9_during_validate_then_the_next_run_completes(tmp_path: Path, data
 
 
 def test_kill_9_during_a_concurrent_index_build_then_the_next_run_completes(tmp_path: Path, database_url: str) -> None:
-    project = Project(tmp_path, database_url)
-    project.execute(GATE)
-    project.tables(res("user", "users", USERS % ""))
-    project.generate()
-    project.ok("migrate")
-    project.execute("INSERT INTO users SELECT g, 'u' || g || '@x', g FROM generate_series(1, 500) g")
+    project = users_with_rows(tmp_path, database_url, gate=True)
 
     project.tables(res("user", "users", USERS % "", '  indexes:\n    - {fields: ["gate(n)"], name: users_gated}\n'))
     assert steps(project.generate(), "global") == ["_concurrently"]
