@@ -85,6 +85,9 @@ def apply(
     else:
         _non_transactional(conn, target, migration, direction, section, sink)
         with conn.transaction():
+            # the repo's timeouts again (the section reset them): a lock wait here must end by itself, or the
+            # watchdog, which never abandons a session waiting for a lock, would wait with it for ever
+            _settings(conn, target, local=True)
             _finish(conn, target, migration, direction, _ms(started), store_text)
             recorder.clear_progress(conn, target.name, migration.version)
     return _ms(started)
