@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -369,9 +369,14 @@ def on_one_rendering(driver: webdriver.Chrome, look: Callable[[], T | None], wha
     found nothing truthy yet; fails after ``timeout`` s."""
 
     def once() -> T | None:
-        before = driver.find_element(By.TAG_NAME, "footer").get_attribute("data-rendered")
-        found = look()
-        after = driver.find_element(By.TAG_NAME, "footer").get_attribute("data-rendered")
+        try:
+            before = driver.find_element(By.TAG_NAME, "footer").get_attribute("data-rendered")
+            found = look()
+            after = driver.find_element(By.TAG_NAME, "footer").get_attribute("data-rendered")
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):  # chromedriver's other word for a stale element
+                return None
+            raise
         return found if before == after else None
 
     found = wait_for(
