@@ -1,7 +1,8 @@
 """``generate-migrations``: diff every repo's tables against their snapshots and write migrations.
 
-Per repo and scope (global, tenant) one migration holds the ordered operations; ``CREATE INDEX CONCURRENTLY``
-goes to a companion migration marked ``transaction:false``. Snapshots are written for the tables that changed
+Per repo and scope (global, tenant) the ordered operations become one migration, or, for tables that already
+exist, the consecutive steps of an online change (``online``: constraints validated and indexes built
+concurrently in migrations of their own). Snapshots are written for the tables that changed
 only. Nothing is written when a destructive change, or a change that rewrites a table (``rewrites``), is not
 allowed, or with ``check``/``dry_run``: the plan is computed first, completely, and files are written only at
 the end.
