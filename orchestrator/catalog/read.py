@@ -53,6 +53,10 @@ class Index:
     predicate: str | None
     include: tuple[str, ...]
     nulls_distinct: bool
+    constraint: bool = False
+    """True when the index backs a UNIQUE constraint (of the same name)."""
+    deferrable: Deferrable = "no"
+    """A UNIQUE constraint's deferrability; "no" for a bare index."""
 
 
 @dataclass(frozen=True)
@@ -133,19 +137,36 @@ WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p')
 """
 
 # Every index column, keys first then INCLUDE columns (indnkeyatts tells where keys end); an expression key
-# (indkey 0) is printed by pg_get_indexdef(index, position, pretty).
+# (indkey 0) is printed by pg_get_indexdef(index, position, pretty). A key is followed by its operator class when
+# that is not the default one, then DESC, then NULLS FIRST/LAST when not the direction's default (indoption bit 1
+# is DESC, bit 2 NULLS FIRST). An index that backs a UNIQUE constraint says so (conindid), with its deferrability.
 _INDEXES = """
 SELECT n.nspname::text, c.relname::text, ic.relname::text, i.indisunique, am.amname::text, i.indnkeyatts,
        ARRAY(SELECT CASE WHEN i.indkey[k] = 0 THEN pg_catalog.pg_get_indexdef(i.indexrelid, k + 1, true)
                          ELSE (SELECT a.attname::text FROM pg_catalog.pg_attribute a
                                WHERE a.attrelid = i.indrelid AND a.attnum = i.indkey[k]) END
-             FROM generate_series(0, i.indnatts - 1) AS k ORDER BY k),
-       pg_catalog.pg_get_expr(i.indpred, i.indrelid, true), NOT i.indnullsnotdistinct
+                    || CASE WHEN k >= i.indnkeyatts OR opc.opcdefault THEN ''
+                            WHEN ocn.nspname = 'pg_catalog' THEN ' ' || pg_catalog.quote_ident(opc.opcname)
+                            ELSE ' ' || pg_catalog.quote_ident(ocn.nspname) || '.' || pg_catalog.quote_ident(opc.opcname)
+                       END
+                    || CASE WHEN k >= i.indnkeyatts THEN ''
+                            WHEN i.indoption[k] & 3 = 3 THEN ' DESC'
+                            WHEN i.indoption[k] & 3 = 1 THEN ' DESC NULLS LAST'
+                            WHEN i.indoption[k] & 3 = 2 THEN ' NULLS FIRST'
+                            ELSE '' END
+             FROM generate_series(0, i.indnatts - 1) AS k
+             LEFT JOIN pg_catalog.pg_opclass opc ON k < i.indnkeyatts AND opc.oid = i.indclass[k]
+             LEFT JOIN pg_catalog.pg_namespace ocn ON ocn.oid = opc.opcnamespace
+             ORDER BY k),
+       pg_catalog.pg_get_expr(i.indpred, i.indrelid, true), NOT i.indnullsnotdistinct,
+       con.oid IS NOT NULL, coalesce(con.condeferrable, false), coalesce(con.condeferred, false)
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND NOT i.indisprimary
 JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
 JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+LEFT JOIN pg_catalog.pg_constraint con
+       ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid AND con.contype = 'u'
 WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p')
 """
 
@@ -281,7 +302,7 @@ def _canonical_type(type_text: str, type_schema: str, type_name: str, is_array: 
 
 
 def _index(row: Sequence[Any]) -> Index:
-    name, unique, method, key_count, columns, predicate, nulls_distinct = row
+    name, unique, method, key_count, columns, predicate, nulls_distinct, constraint, deferrable, deferred = row
     return Index(
         name=name,
         unique=unique,
@@ -290,6 +311,8 @@ def _index(row: Sequence[Any]) -> Index:
         predicate=predicate,
         include=tuple(columns[key_count:]),
         nulls_distinct=nulls_distinct,
+        constraint=constraint,
+        deferrable=("deferred" if deferred else "immediate") if deferrable else "no",
     )
 
 
