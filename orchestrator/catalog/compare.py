@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
+from orchestrator import indexfield
 from orchestrator.catalog.read import CatalogTable, Named, PrimaryKey
 
 # A cast as PostgreSQL prints it: ::name, ::schema.name, ::"quoted", multi-word names, a typmod, array brackets.
@@ -92,6 +93,9 @@ def _same_key(want: str, got: str) -> bool:
     """A column key must match exactly; an expression key matches after normalisation."""
     if _PLAIN_NAME.fullmatch(want) and _PLAIN_NAME.fullmatch(got):
         return want == got
+    column_keys = indexfield.same(want, got)  # a column with an operator class or ordering: still exact
+    if column_keys is not None:
+        return column_keys
     return _same_sql(want, got)
 
 

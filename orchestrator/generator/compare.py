@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from orchestrator import model
+from orchestrator import indexfield, model
 from orchestrator.generator import operations as ops
 
 Ops = list[ops.Operation]
@@ -308,7 +308,9 @@ def _rename_columns(at: ops.Ref, old: model.Table, new: model.Table) -> tuple[mo
     identities = tuple(replace(i, keys=tuple(renames.get(k, k) for k in i.keys)) for i in old.identities)
     indexes = tuple(
         replace(
-            i, fields=tuple(renames.get(f, f) for f in i.fields), include=tuple(renames.get(f, f) for f in i.include)
+            i,
+            fields=tuple(indexfield.rename(f, renames) for f in i.fields),
+            include=tuple(renames.get(f, f) for f in i.include),
         )
         for i in old.indexes
     )

@@ -13,7 +13,7 @@ from functools import singledispatch
 
 from psycopg import sql
 
-from orchestrator import model
+from orchestrator import indexfield, model
 from orchestrator.generator import operations as ops
 
 _ACTIONS = {
@@ -235,11 +235,21 @@ def _(op: ops.CreateIndex) -> list[sql.Composable | str]:
     return [sql.SQL(" ").join(parts)]
 
 
-def _index_field(field: str) -> sql.Composable:
-    """A column is quoted; an expression is the user's SQL, parenthesised as PostgreSQL requires."""
-    if field.replace("_", "a").isalnum() and not field[0].isdigit():
-        return sql.Identifier(field)
-    return sql.SQL("({})").format(user_sql(field))
+def _index_field(text: str) -> sql.Composable:
+    """A column is quoted; an expression is the user's SQL, parenthesised as PostgreSQL requires; then the
+    operator class (quoted, schema-qualified if given) and the ordering (see ``indexfield``)."""
+    field = indexfield.parse(text)
+    if field.column is not None:
+        parts: list[sql.Composable] = [sql.Identifier(field.column)]
+    else:
+        parts = [sql.SQL("({})").format(user_sql(str(field.expression)))]
+    if field.opclass:
+        parts.append(sql.Identifier(*field.opclass.split(".")))
+    if field.descending:
+        parts.append(sql.SQL("DESC"))
+    if field.nulls:
+        parts.append(sql.SQL("NULLS {}").format(sql.SQL(field.nulls)))  # FIRST or LAST, checked by parse
+    return sql.SQL(" ").join(parts)
 
 
 @_render.register

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
-from orchestrator import durations, model, pgtypes
+from orchestrator import durations, indexfield, model, pgtypes
 from orchestrator.errors import Problem
 from orchestrator.manifests import conflict, schema
 from orchestrator.manifests.loader import Document, Path_
@@ -374,20 +374,20 @@ class _TableBuilder:
         built = []
         for i, raw in enumerate(self.spec.get("indexes", ())):
             path: Path_ = ("indexes", i)
-            fields = tuple(str(f).strip() for f in raw["fields"])
-            for j, name in enumerate(fields):
-                if _IDENTIFIER.match(name) and name not in columns:
-                    self.problem((*path, "fields", j), f"unknown column {name!r}{_did_you_mean(name, columns)}")
+            parsed = self._fields(path, raw, columns)
+            fields = tuple(f.canonical() for f in parsed)
             for j, name in enumerate(raw.get("include", ())):
                 if name not in columns:
                     self.problem((*path, "include", j), f"unknown column {name!r}{_did_you_mean(name, columns)}")
-            has_expression = any(not _IDENTIFIER.match(f) for f in fields)
+            has_expression = any(f.column is None for f in parsed)
             if has_expression and "name" not in raw:
                 self.problem((*path, "fields"), "an index with an expression field needs a name")
             if raw.get("nullsDistinct") is False and not raw.get("unique"):
                 self.problem((*path, "nullsDistinct"), "nullsDistinct applies to unique indexes only")
             name = raw.get("name") or (
-                "" if has_expression else self._derived((*path, "fields"), self.table_name, *fields, "index")
+                ""
+                if has_expression
+                else self._derived((*path, "fields"), self.table_name, *_columns_of(parsed), "index")
             )
             built.append(
                 model.Index(
@@ -403,6 +403,23 @@ class _TableBuilder:
                 )
             )
         return tuple(built)
+
+    def _fields(self, path: Path_, raw: dict[str, Any], columns: set[str]) -> list[indexfield.Field]:
+        """Parse an index's fields (see ``indexfield``); a field that cannot be rendered is a located problem."""
+        parsed = []
+        for j, text in enumerate(raw["fields"]):
+            try:
+                found = indexfield.parse(str(text), columns)
+            except indexfield.FieldError as exc:
+                self.problem((*path, "fields", j), str(exc))
+                found = indexfield.Field(expression=str(text).strip())
+            if found.column is not None and found.column not in columns:
+                name = found.column
+                self.problem((*path, "fields", j), f"unknown column {name!r}{_did_you_mean(name, columns)}")
+            if (found.descending or found.nulls) and raw.get("using", "btree") != "btree":
+                self.problem((*path, "fields", j), f"ordering (DESC, NULLS) needs a btree index, not {raw['using']}")
+            parsed.append(found)
+        return parsed
 
     def _statements(self) -> tuple[model.Statement, ...]:
         self._unique_names("statements", "statement")
@@ -431,6 +448,11 @@ def _derived_name(doc: Document, path: Path_, parts: Iterable[str], problems: li
             )
         )
     return name
+
+
+def _columns_of(fields: list[indexfield.Field]) -> list[str]:
+    """The column names of an index's fields (the default name uses them, not the operator classes)."""
+    return [str(f.column) for f in fields]
 
 
 def _tenant_first(keys: tuple[str, ...], tenant: str | None) -> tuple[str, ...]:
