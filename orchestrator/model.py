@@ -154,13 +154,16 @@ class Attribute:
 
 @dataclass(frozen=True)
 class Identity:
-    """A unique index over ``keys`` (the tenant column first under attribute multitenancy)."""
+    """A unique index over ``keys`` (the tenant column first under attribute multitenancy); with ``constraint`` a
+    UNIQUE constraint named ``index_name`` (its index has the same name), maybe deferrable."""
 
     name: str
     keys: tuple[str, ...]
     index_name: str
     where: str | None = None
     nulls_distinct: bool = True
+    constraint: bool = field(default=False, metadata={"omit_default": True})
+    deferrable: Deferrable = field(default="no", metadata={"omit_default": True})
 
 
 @dataclass(frozen=True)
@@ -262,7 +265,11 @@ class Config:
 def _plain(value: Any) -> Any:
     """Turn dataclasses and tuples into dicts and lists, recursively."""
     if hasattr(value, "__dataclass_fields__"):
-        return {name: _plain(getattr(value, name)) for name, spec in value.__dataclass_fields__.items() if spec.compare}
+        return {
+            name: _plain(getattr(value, name))
+            for name, spec in value.__dataclass_fields__.items()
+            if spec.compare and not (spec.metadata.get("omit_default") and getattr(value, name) == spec.default)
+        }
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     return value

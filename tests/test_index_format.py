@@ -67,3 +67,78 @@ def test_opclass_and_ordering_with_the_table_then_added_online_then_renamed(proj
     project.undo()
     project.undo()
     project.undo()
+
+
+USERS = ID + "    - {name: email, type: text}\n    - {name: org, type: integer}\n"
+
+
+def constraints(project: Project) -> dict[str, tuple[object, ...]]:
+    """name -> (contype, convalidated, condeferrable, condeferred, index name) of public.users' UNIQUE constraints."""
+    rows = project.query(
+        "SELECT conname::text, contype::text, convalidated, condeferrable, condeferred, conindid::regclass::text "
+        "FROM pg_constraint WHERE conrelid = 'public.users'::regclass AND contype = 'u'"
+    )
+    return {str(r[0]): tuple(r[1:]) for r in rows}
+
+
+def test_unique_constraints_with_the_table(project: Project) -> None:
+    identities = (
+        "  identities:\n"
+        "    - {name: email, keys: [email], constraint: true}\n"
+        "    - {name: org_email, keys: [org, email], constraint: true, deferrable: initiallyDeferred,"
+        " nullsDistinct: false, indexName: users_org_email_key}\n"
+    )
+    plan = project.step(res("user", "users", USERS, identities))
+    text = sql_of(plan)
+    assert 'ADD CONSTRAINT "users_email_index" UNIQUE ("email")' in text
+    assert (
+        'ADD CONSTRAINT "users_org_email_key" UNIQUE NULLS NOT DISTINCT ("org", "email") DEFERRABLE INITIALLY DEFERRED'
+        in text
+    )
+    assert constraints(project) == {
+        "users_email_index": ("u", True, False, False, "users_email_index"),
+        "users_org_email_key": ("u", True, True, True, "users_org_email_key"),
+    }
+    ref = res("post", "posts", ID + "    - {name: author, type: text, references: {resource: user, column: email}}\n")
+    project.step(res("user", "users", USERS, identities), ref)  # a foreign key to a UNIQUE constraint's column
+    project.undo()
+    project.undo()
+    assert project.query("SELECT to_regclass('public.users')") == [(None,)]
+
+
+def test_unique_constraint_added_online_switched_and_dropped(project: Project) -> None:
+    project.step(res("user", "users", USERS, "  identities:\n    - {name: org, keys: [org]}\n"))
+    project.execute("INSERT INTO users SELECT g, 'u' || g || '@x', g FROM generate_series(1, 1000) g")
+    both = (
+        "  identities:\n    - {name: org, keys: [org]}\n"
+        "    - {name: email, keys: [email], constraint: true, deferrable: true}\n"
+    )
+    plan = project.step(res("user", "users", USERS, both))
+    suffixes = [m.path.name.split("_", 1)[1] for m in plan.migrations]
+    assert suffixes == ["step_concurrently.sql", "step_after_indexes.sql"], suffixes
+    assert 'CREATE UNIQUE INDEX CONCURRENTLY "users_email_index"' in plan.migrations[0].text
+    assert (
+        'ADD CONSTRAINT "users_email_index" UNIQUE USING INDEX "users_email_index" DEFERRABLE INITIALLY IMMEDIATE'
+        in plan.migrations[1].text
+    )
+    assert constraints(project) == {"users_email_index": ("u", True, True, False, "users_email_index")}
+    # each step's down alone gives back the catalog after the step before it
+    project.apply(plan.migrations[1:], "down")
+    assert constraints(project) == {}
+    assert keys(project, "users_email_index").startswith("CREATE UNIQUE INDEX")
+    project.apply(plan.migrations[1:], "up")
+
+    switched = both.replace("{name: org, keys: [org]}", "{name: org, keys: [org], constraint: true}")
+    plan = project.step(res("user", "users", USERS, switched))
+    assert [type(op).__name__ for m in plan.migrations for op in m.operations] == ["AttachUnique"]
+    assert set(constraints(project)) == {"users_email_index", "users_org_index"}
+
+    back = switched.replace(", constraint: true, deferrable: true}", "}")
+    plan = project.step(res("user", "users", USERS, back))  # constraint -> bare index: dropped, rebuilt online
+    assert any("CREATE UNIQUE INDEX CONCURRENTLY" in m.text for m in plan.migrations)
+    assert set(constraints(project)) == {"users_org_index"}
+
+    plan = project.step(res("user", "users", USERS), allow_destructive=True)
+    assert constraints(project) == {}
+    for _ in range(5):
+        project.undo()

@@ -63,7 +63,17 @@ def sql_literal(value: model.Scalar) -> str:
 
 def _expected_indexes(table: model.Table) -> Iterator[Index]:
     for identity in table.identities:
-        yield Index(identity.index_name, True, "btree", identity.keys, identity.where, (), identity.nulls_distinct)
+        yield Index(
+            identity.index_name,
+            True,
+            "btree",
+            identity.keys,
+            identity.where,
+            (),
+            identity.nulls_distinct,
+            constraint=identity.constraint,
+            deferrable=identity.deferrable,
+        )
     for index in table.indexes:
         method = index.using or "btree"
         yield Index(index.name, index.unique, method, index.fields, index.where, index.include, index.nulls_distinct)

@@ -189,7 +189,7 @@ def _backing(table: model.Table, column: str) -> object:
         return ("pkey", table.primary_key)
     for spec in index_specs(table):
         if spec.unique and spec.columns == (column,) and spec.where is None:
-            return (spec.name, spec.nulls_distinct, spec.using)
+            return (spec.name, spec.nulls_distinct, spec.using, spec.constraint)
     return ("pkey", table.primary_key) if column in table.primary_key else None
 
 
@@ -226,7 +226,18 @@ def drop_table(table: model.Table) -> Ops:
 def index_specs(table: model.Table) -> list[ops.IndexSpec]:
     """Every index of a table, identities first, then custom indexes, then foreign-key column indexes."""
     specs = [
-        ops.IndexSpec(i.index_name, i.keys, "identity", True, None, i.where, (), i.nulls_distinct)
+        ops.IndexSpec(
+            i.index_name,
+            i.keys,
+            "identity",
+            True,
+            None,
+            i.where,
+            (),
+            i.nulls_distinct,
+            constraint=i.constraint,
+            deferrable=i.deferrable,
+        )
         for i in table.identities
     ]
     specs += [
@@ -422,6 +433,8 @@ def _indexes(
                 result.append(ops.RenameIndex(at, twin.name, name))
             else:
                 result.append(ops.CreateIndex(at, spec))
+        elif spec.constraint and not previous.constraint and previous.same_index(spec):
+            result.append(ops.AttachUnique(at, spec))  # the index becomes a constraint's: no rebuild
         elif not previous.same_definition(spec):
             result += [ops.DropIndex(at, as_was.get(name, previous)), ops.CreateIndex(at, spec)]
     return [ops.DropIndex(at, as_was.get(spec.name, spec)) for spec in gone] + result

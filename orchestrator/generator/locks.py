@@ -43,6 +43,12 @@ def _lock(op: ops.Operation, rewrites: Callable[[ops.Operation], bool]) -> tuple
         if op.helper:
             return _AE, "brief, no scan (the validated check proves it)"
         return _AE, "SCANS the table (reads and writes wait)"
+    if isinstance(op, ops.AttachUnique):
+        return _AE, "brief, no scan (the constraint takes over the built unique index)"
+    if isinstance(op, ops.DetachUnique):
+        return _AE, "drops the constraint, then REBUILDS its index (writes wait for the build)"
+    if isinstance(op, ops.CreateIndex) and op.index.constraint:
+        return _AE, "SCANS the table to build the constraint's index (reads and writes wait)"
     if isinstance(op, ops.CreateIndex):
         if op.index.concurrently:
             return _SUE, "scans the table, reads and writes go on"

@@ -66,6 +66,8 @@ def steps(ordered: Sequence[ops.Operation], *, online: bool = True) -> list[Step
     for op in ordered:
         if op.concurrent:
             concurrent.append(op)
+        elif isinstance(op, ops.AttachUnique) and (op.table, op.index.columns) in built:
+            after.append(op)  # the index it takes over is built in step 2
         elif isinstance(op, ops.AddForeignKey) and (_target(op), (op.reference.column,)) in built:
             after.append(_not_valid(op, set(), True, later))  # not in the file that created its table: NOT VALID
         elif isinstance(op, ops.AlterNull) and (op.table, op.column) in deferred_nulls:
@@ -99,13 +101,17 @@ def helper_name(table: str, column: str) -> str:
 
 
 def _concurrent_indexes(ordered: Sequence[ops.Operation], created: set[str]) -> list[ops.Operation]:
-    """Indexes on existing tables are built CONCURRENTLY (identities and foreign-key indexes included)."""
-    return [
-        replace(op, index=replace(op.index, concurrently=True))
-        if isinstance(op, ops.CreateIndex) and op.table not in created
-        else op
-        for op in ordered
-    ]
+    """Indexes on existing tables are built CONCURRENTLY (identities and foreign-key indexes included); a UNIQUE
+    constraint's index is built alone, then attached (``ADD CONSTRAINT … USING INDEX``, step 3)."""
+    result: list[ops.Operation] = []
+    for op in ordered:
+        if not isinstance(op, ops.CreateIndex) or op.table in created:
+            result.append(op)
+            continue
+        result.append(replace(op, index=replace(op.index.bare(), concurrently=True)))
+        if op.index.constraint:
+            result.append(ops.AttachUnique(op.ref, op.index))
+    return result
 
 
 def _deferred_nulls(ordered: Sequence[ops.Operation], created: set[str]) -> set[tuple[str, str]]:

@@ -41,9 +41,16 @@ class IndexSpec:
     include: tuple[str, ...] = ()
     nulls_distinct: bool = True
     concurrently: bool = False
+    constraint: bool = False
+    """A UNIQUE constraint of the same name, backed by this index (an identity with ``constraint: true``)."""
+    deferrable: model.Deferrable = "no"
 
     def same_definition(self, other: IndexSpec) -> bool:
         """Return True when only the names differ (then a rename is enough)."""
+        return self.same_index(other) and (self.constraint, self.deferrable) == (other.constraint, other.deferrable)
+
+    def same_index(self, other: IndexSpec) -> bool:
+        """Return True when the indexes are built the same (a constraint may or may not be attached)."""
         return (self.columns, self.unique, self.using, self.where, self.include, self.nulls_distinct) == (
             other.columns,
             other.unique,
@@ -52,6 +59,10 @@ class IndexSpec:
             other.include,
             other.nulls_distinct,
         )
+
+    def bare(self) -> IndexSpec:
+        """The unique index alone, without its constraint."""
+        return replace(self, constraint=False, deferrable="no")
 
 
 class Operation:
@@ -338,7 +349,8 @@ class CreateIndex(Operation):
 
     def describe(self) -> str:
         unique = "unique " if self.index.unique else ""
-        return f"+ {unique}{self.index.kind} {self.index.name} on {self.ref} ({', '.join(self.index.columns)})"
+        kind = "constraint" if self.index.constraint else self.index.kind
+        return f"+ {unique}{kind} {self.index.name} on {self.ref} ({', '.join(self.index.columns)})"
 
 
 @dataclass(frozen=True)
@@ -358,6 +370,40 @@ class DropIndex(Operation):
 
     def describe(self) -> str:
         return f"- {self.index.kind} {self.index.name} on {self.ref}"
+
+
+@dataclass(frozen=True)
+class AttachUnique(Operation):
+    """ADD CONSTRAINT … UNIQUE USING INDEX: turn an existing unique index into a UNIQUE constraint (no scan).
+
+    Its reverse, ``DetachUnique``, drops the constraint, which drops the index with it, and builds the bare
+    index again, so the down gives back exactly the catalog before (the index of a concurrent step before it).
+    """
+
+    PHASE: ClassVar[int] = 14
+    ref: Ref
+    index: IndexSpec
+
+    def reverse(self) -> DetachUnique:
+        return DetachUnique(self.ref, self.index)
+
+    def describe(self) -> str:
+        return f"+ unique constraint {self.index.name} on {self.ref} using its index"
+
+
+@dataclass(frozen=True)
+class DetachUnique(Operation):
+    """DROP CONSTRAINT of a UNIQUE constraint, then CREATE UNIQUE INDEX of the same name: the index alone again."""
+
+    PHASE: ClassVar[int] = 3
+    ref: Ref
+    index: IndexSpec
+
+    def reverse(self) -> AttachUnique:
+        return AttachUnique(self.ref, self.index)
+
+    def describe(self) -> str:
+        return f"- unique constraint {self.index.name} on {self.ref} (its index is rebuilt alone)"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ renders unqualified: tenant migrations run with ``search_path`` set to the tenan
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import singledispatch
 
 from psycopg import sql
@@ -219,6 +220,9 @@ def _(op: ops.DropPrimaryKey) -> list[sql.Composable | str]:
 @_render.register
 def _(op: ops.CreateIndex) -> list[sql.Composable | str]:
     index = op.index
+    if index.constraint:
+        assert not index.concurrently, "online: a constraint's index is built alone, then attached (AttachUnique)"
+        return [_alter(op.ref, _unique_constraint(index))]
     parts: list[sql.Composable] = [sql.SQL("CREATE UNIQUE INDEX" if index.unique else "CREATE INDEX")]
     if index.concurrently:
         parts.append(sql.SQL("CONCURRENTLY"))
@@ -252,8 +256,37 @@ def _index_field(text: str) -> sql.Composable:
     return sql.SQL(" ").join(parts)
 
 
+def _unique_constraint(index: ops.IndexSpec, *, using_index: bool = False) -> sql.Composed:
+    """``ADD CONSTRAINT n UNIQUE [NULLS NOT DISTINCT] (cols)``, or ``… UNIQUE USING INDEX n``; then deferrability."""
+    constraint = sql.Identifier(index.name)
+    if using_index:
+        parts = [sql.SQL("ADD CONSTRAINT {} UNIQUE USING INDEX {}").format(constraint, constraint)]
+    else:
+        distinct = "" if index.nulls_distinct else " NULLS NOT DISTINCT"
+        parts = [
+            sql.SQL("ADD CONSTRAINT {} UNIQUE{} ({})").format(constraint, sql.SQL(distinct), _columns(index.columns))
+        ]
+    if index.deferrable != "no":
+        initially = "DEFERRED" if index.deferrable == "deferred" else "IMMEDIATE"
+        parts.append(sql.SQL("DEFERRABLE INITIALLY {}").format(sql.SQL(initially)))
+    return sql.SQL(" ").join(parts)
+
+
+@_render.register
+def _(op: ops.AttachUnique) -> list[sql.Composable | str]:
+    return [_alter(op.ref, _unique_constraint(op.index, using_index=True))]
+
+
+@_render.register
+def _(op: ops.DetachUnique) -> list[sql.Composable | str]:
+    drop = _alter(op.ref, sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(op.index.name)))
+    return [drop, *_render(ops.CreateIndex(op.ref, replace(op.index.bare(), concurrently=False)))]
+
+
 @_render.register
 def _(op: ops.DropIndex) -> list[sql.Composable | str]:
+    if op.index.constraint:  # dropping the constraint drops its index
+        return [_alter(op.ref, sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(op.index.name)))]
     verb = "DROP INDEX CONCURRENTLY" if op.concurrently else "DROP INDEX"
     return [sql.SQL("{} {}").format(sql.SQL(verb), _in_schema(op.ref, op.index.name))]
 

@@ -366,9 +366,21 @@ class _TableBuilder:
                     index_name=index_name,
                     where=raw.get("where"),
                     nulls_distinct=raw.get("nullsDistinct", True),
+                    constraint=raw.get("constraint", False),
+                    deferrable=_DEFERRABLE[raw.get("deferrable", False)],
                 )
             )
+            self._check_constraint(("identities", i), raw)
         return tuple(built)
+
+    def _check_constraint(self, path: Path_, raw: dict[str, Any]) -> None:
+        """A UNIQUE constraint has no predicate; deferrability is a constraint's, not a bare index's."""
+        if raw.get("constraint") and "where" in raw:
+            self.problem((*path, "where"), "a UNIQUE constraint cannot be partial; drop where or constraint: true")
+        if "deferrable" in raw and not raw.get("constraint"):
+            self.problem(
+                (*path, "deferrable"), "deferrable needs constraint: true (a bare unique index is never deferred)"
+            )
 
     def _indexes(self, columns: set[str], tenant: str | None) -> tuple[model.Index, ...]:
         built = []
@@ -621,7 +633,8 @@ _DEFERRABLE: dict[Any, model.Deferrable] = {
 def _is_unique(table: model.Table, column: str) -> bool:
     if table.primary_key == (column,):
         return True
-    identities = any(i.keys == (column,) and i.where is None for i in table.identities)
+    # a unique index or UNIQUE constraint; PostgreSQL refuses a deferrable one as a foreign key's target
+    identities = any(i.keys == (column,) and i.where is None and i.deferrable == "no" for i in table.identities)
     # a CONCURRENTLY index is built after the migration that would add the foreign key, so it cannot back one
     indexes = any(i.unique and i.fields == (column,) and i.where is None and not i.concurrently for i in table.indexes)
     return identities or indexes
