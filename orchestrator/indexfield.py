@@ -17,6 +17,7 @@ expression valid: PostgreSQL still judges the SQL inside.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
@@ -125,8 +126,10 @@ def parse(text: str, columns: Collection[str] | None = None) -> Field:
     if _IDENTIFIER.fullmatch(first) and _is_word(words[1]) and words[1].upper() not in _SQL_WORDS:
         if columns is None or first in columns:
             return replace(_suffix(words[1:], f"column {first!r}"), column=first)
+        close = difflib.get_close_matches(first, list(columns), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise FieldError(
-            f"{first!r} is not a column of this table, and {text!r} is not an expression: a field is "
+            f"{first!r} is not a column of this table{hint}, and {text!r} is not an expression: a field is "
             "'<column> [opclass] [ASC|DESC] [NULLS FIRST|LAST]' or an SQL expression"
         )
     return _expression(text, tokens)
@@ -231,12 +234,17 @@ def _expression(text: str, tokens: list[str]) -> Field:
 
 
 def _check_top_level(text: str, tokens: list[str]) -> None:
-    """Outside parentheses, no suffix word at the end and no two plain words in a row."""
+    """Outside parentheses, no suffix word after the expression and no two plain words in a row."""
     depth = 0
     previous: str | None = None
-    for token in tokens:
+    for i, token in enumerate(tokens):
         if token.isspace():
             continue
+        if depth == 0 and previous is not None and token.upper() in _SUFFIX_WORDS:
+            head, rest = "".join(tokens[:i]).strip(), "".join(tokens[i:]).strip()
+            raise FieldError(
+                f"{text!r}: an ordering after an expression needs the expression in parentheses: '({head}) {rest}'"
+            )
         if depth == 0 and previous is not None and _plain_words(previous, token):
             raise FieldError(
                 f"{text!r}: {previous!r} followed by {token!r} is not an expression; an operator class or "
@@ -244,9 +252,3 @@ def _check_top_level(text: str, tokens: list[str]) -> None:
             )
         depth += {"(": 1, ")": -1}.get(token, 0)
         previous = token if depth == 0 else None
-    words = [t for t in tokens if not t.isspace()]
-    if words[-1].upper() in _SUFFIX_WORDS or (len(words) > 1 and words[-2].upper() == "NULLS"):
-        raise FieldError(
-            f"{text!r}: an ordering after an expression needs the expression in parentheses, "
-            f"e.g. '({' '.join(words[:-1])}) {words[-1]}'"
-        )

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.generator import generate
+from tests.conftest import REPO_ROOT, run_cli
 from tests.harness import Project, res
 
 ID = "    - {name: id, type: bigint, primaryKey: true}\n"
@@ -142,3 +143,31 @@ def test_unique_constraint_added_online_switched_and_dropped(project: Project) -
     assert constraints(project) == {}
     for _ in range(5):
         project.undo()
+
+
+@pytest.mark.parametrize(
+    ("case", "located"),
+    [
+        (
+            "100_index_field_not_renderable.yaml",
+            "config/100_index_field_not_renderable.yaml:18:11: spec.indexes[0].fields[0]: after column 'name', "
+            "expected [opclass] [ASC|DESC] [NULLS FIRST|LAST], found 'varchar_pattern_ops extra'",
+        ),
+        (
+            "101_identity_constraint_rules.yaml",
+            "config/101_identity_constraint_rules.yaml:17:61: spec.identities[0].where: a UNIQUE constraint cannot "
+            "be partial; drop where or constraint: true",
+        ),
+    ],
+)
+def test_cli_rejects_unrenderable_fields_and_constraint_misuse(tmp_path: Path, case: str, located: str) -> None:
+    """validate and generate-migrations: located errors, exit 2, nothing written (not a failed migration)."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / case).write_text((REPO_ROOT / "tests" / "bad" / case).read_text())
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for command in ("validate", "generate-migrations"):
+        result = run_cli(command, "--config", "config", cwd=tmp_path)
+        assert result.code == 2, result.out + result.err
+        assert located in result.err
+        assert "nothing was written or applied" in result.err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before

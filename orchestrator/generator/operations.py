@@ -369,7 +369,8 @@ class DropIndex(Operation):
         return CreateIndex(self.ref, replace(self.index, concurrently=self.concurrently))
 
     def describe(self) -> str:
-        return f"- {self.index.kind} {self.index.name} on {self.ref}"
+        kind = "unique constraint" if self.index.constraint else self.index.kind
+        return f"- {kind} {self.index.name} on {self.ref}"
 
 
 @dataclass(frozen=True)

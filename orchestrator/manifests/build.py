@@ -386,13 +386,13 @@ class _TableBuilder:
         built = []
         for i, raw in enumerate(self.spec.get("indexes", ())):
             path: Path_ = ("indexes", i)
-            parsed = self._fields(path, raw, columns)
+            parsed, readable = self._fields(path, raw, columns)
             fields = tuple(f.canonical() for f in parsed)
             for j, name in enumerate(raw.get("include", ())):
                 if name not in columns:
                     self.problem((*path, "include", j), f"unknown column {name!r}{_did_you_mean(name, columns)}")
             has_expression = any(f.column is None for f in parsed)
-            if has_expression and "name" not in raw:
+            if has_expression and "name" not in raw and readable:
                 self.problem((*path, "fields"), "an index with an expression field needs a name")
             if raw.get("nullsDistinct") is False and not raw.get("unique"):
                 self.problem((*path, "nullsDistinct"), "nullsDistinct applies to unique indexes only")
@@ -416,22 +416,24 @@ class _TableBuilder:
             )
         return tuple(built)
 
-    def _fields(self, path: Path_, raw: dict[str, Any], columns: set[str]) -> list[indexfield.Field]:
-        """Parse an index's fields (see ``indexfield``); a field that cannot be rendered is a located problem."""
+    def _fields(self, path: Path_, raw: dict[str, Any], columns: set[str]) -> tuple[list[indexfield.Field], bool]:
+        """Parse an index's fields (see ``indexfield``); a field that cannot be rendered is a located problem.
+        Return the fields and whether all of them could be read."""
         parsed = []
+        readable = True
         for j, text in enumerate(raw["fields"]):
             try:
                 found = indexfield.parse(str(text), columns)
             except indexfield.FieldError as exc:
                 self.problem((*path, "fields", j), str(exc))
-                found = indexfield.Field(expression=str(text).strip())
+                found, readable = indexfield.Field(expression=str(text).strip()), False
             if found.column is not None and found.column not in columns:
                 name = found.column
                 self.problem((*path, "fields", j), f"unknown column {name!r}{_did_you_mean(name, columns)}")
             if (found.descending or found.nulls) and raw.get("using", "btree") != "btree":
                 self.problem((*path, "fields", j), f"ordering (DESC, NULLS) needs a btree index, not {raw['using']}")
             parsed.append(found)
-        return parsed
+        return parsed, readable
 
     def _statements(self) -> tuple[model.Statement, ...]:
         self._unique_names("statements", "statement")
