@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import indexfield
+from orchestrator.catalog import compare
 from orchestrator.generator import generate
 from tests.conftest import REPO_ROOT, run_cli
 from tests.harness import Project, res
@@ -112,7 +114,7 @@ def test_unique_constraint_added_online_switched_and_dropped(project: Project) -
     project.execute("INSERT INTO users SELECT g, 'u' || g || '@x', g FROM generate_series(1, 1000) g")
     both = (
         "  identities:\n    - {name: org, keys: [org]}\n"
-        "    - {name: email, keys: [email], constraint: true, deferrable: true}\n"
+        "    - {name: email, keys: [email], constraint: true, deferrable: true, nullsDistinct: false}\n"
     )
     plan = project.step(res("user", "users", USERS, both))
     suffixes = [m.path.name.split("_", 1)[1] for m in plan.migrations]
@@ -134,7 +136,7 @@ def test_unique_constraint_added_online_switched_and_dropped(project: Project) -
     assert [type(op).__name__ for m in plan.migrations for op in m.operations] == ["AttachUnique"]
     assert set(constraints(project)) == {"users_email_index", "users_org_index"}
 
-    back = switched.replace(", constraint: true, deferrable: true}", "}")
+    back = switched.replace(", constraint: true, deferrable: true, nullsDistinct: false}", "}")
     plan = project.step(res("user", "users", USERS, back))  # constraint -> bare index: dropped, rebuilt online
     assert any("CREATE UNIQUE INDEX CONCURRENTLY" in m.text for m in plan.migrations)
     assert set(constraints(project)) == {"users_org_index"}
@@ -142,6 +144,24 @@ def test_unique_constraint_added_online_switched_and_dropped(project: Project) -
     plan = project.step(res("user", "users", USERS), allow_destructive=True)
     assert constraints(project) == {}
     for _ in range(5):
+        project.undo()
+
+
+def test_unique_constraint_renamed_with_its_index_and_its_column(project: Project) -> None:
+    identity = "  identities:\n    - {name: email, keys: [email], constraint: true, nullsDistinct: false}\n"
+    project.step(res("user", "users", USERS, identity))
+    project.execute("INSERT INTO users SELECT g, 'u' || g || '@x', g FROM generate_series(1, 100) g")
+    renamed = identity.replace("nullsDistinct: false}", "nullsDistinct: false, indexName: users_email_key}")
+    plan = project.step(res("user", "users", USERS, renamed))
+    assert [type(op).__name__ for m in plan.migrations for op in m.operations] == ["RenameIndex"]
+    assert set(constraints(project)) == {"users_email_key"}  # ALTER INDEX … RENAME renames the constraint too
+    mail = USERS.replace("{name: email, type: text}", "{name: mail, type: text, renamedFrom: email}")
+    plan = project.step(res("user", "users", mail, renamed.replace("keys: [email]", "keys: [mail]")))
+    assert [type(op).__name__ for m in plan.migrations for op in m.operations] == ["RenameColumn"]
+    plan = project.step(res("users2", "users", mail, "  identities:\n    - {name: email, keys: [mail]}\n"))
+    assert [type(op).__name__ for m in plan.migrations for op in m.operations] == ["DropIndex", "CreateIndex"]
+    assert constraints(project) == {}  # the constraint dropped, a bare unique index built concurrently
+    for _ in range(4):
         project.undo()
 
 
@@ -171,3 +191,71 @@ def test_cli_rejects_unrenderable_fields_and_constraint_misuse(tmp_path: Path, c
         assert located in result.err
         assert "nothing was written or applied" in result.err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_tenant_table_with_opclass_index_and_unique_constraint(project: Project) -> None:
+    context = "  multitenancy: {strategy: context}\n"
+    first = context + '  indexes:\n    - {fields: ["name varchar_pattern_ops", "created_at DESC NULLS LAST"]}\n'
+    project.step(res("post", "posts", COLUMNS, first))
+    project.execute("INSERT INTO t1.posts SELECT g, 'n' || g, 't' || g, now() FROM generate_series(1, 200) g")
+    plan = project.step(
+        res("post", "posts", COLUMNS, first + "  identities:\n    - {name: title, keys: [title], constraint: true}\n")
+    )
+    assert [m.scope for m in plan.migrations] == ["tenant", "tenant"]
+    assert 'ADD CONSTRAINT "posts_title_index" UNIQUE USING INDEX "posts_title_index"' in plan.migrations[1].text
+    project.undo()
+    project.undo()
+
+
+@pytest.mark.parametrize(
+    ("written", "canonical"),
+    [
+        ("name varchar_pattern_ops", "name varchar_pattern_ops"),
+        ("  created_at   desc ", "created_at DESC"),
+        ("created_at DESC NULLS FIRST", "created_at DESC"),
+        ("created_at ASC NULLS LAST", "created_at"),
+        ("created_at asc nulls first", "created_at NULLS FIRST"),
+        ("name Text_Pattern_Ops DESC NULLS LAST", "name text_pattern_ops DESC NULLS LAST"),
+        ("name pg_catalog.text_pattern_ops", "name text_pattern_ops"),
+        ("name myschema.my_ops", "name myschema.my_ops"),
+        ("lower(title) text_pattern_ops", "lower(title) text_pattern_ops"),
+        ("(a || b) desc nulls last", "(a || b) DESC NULLS LAST"),
+        ("a || b", "a || b"),
+        ("name IS NULL", "name IS NULL"),
+        ("CASE WHEN a THEN b ELSE name END", "CASE WHEN a THEN b ELSE name END"),
+        ("coalesce(a, 'x;y')", "coalesce(a, 'x;y')"),
+    ],
+)
+def test_field_canonical_form(written: str, canonical: str) -> None:
+    assert indexfield.canonical(written, {"name", "created_at", "a", "b"}) == canonical
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "name varchar_pattern_ops extra",
+        "name DESC DESC",
+        "name NULLS",
+        "nme varchar_pattern_ops",
+        "lower(name",
+        "lower(name))",
+        "a || b DESC",
+        "lower(a) || b text_pattern_ops",
+        "lower(a) bogus extra",
+        "lower(a); DROP TABLE t",
+        "'unclosed",
+        "",
+    ],
+)
+def test_field_that_cannot_be_rendered_is_refused(bad: str) -> None:
+    with pytest.raises(indexfield.FieldError):
+        indexfield.parse(bad, {"name", "a", "b"})
+
+
+def test_catalog_keys_with_suffix_compare_exactly() -> None:
+    assert compare._same_key("name varchar_pattern_ops", "name VARCHAR_PATTERN_OPS")
+    assert not compare._same_key("name varchar_pattern_ops", "name")
+    assert not compare._same_key("created_at DESC", "created_at")
+    assert not compare._same_key("created_at DESC", "created DESC")
+    assert compare._same_key("lower(title) text_pattern_ops", "lower(title) text_pattern_ops")
+    assert not compare._same_key("lower(title) text_pattern_ops", "lower(title)")
