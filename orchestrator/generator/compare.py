@@ -189,6 +189,8 @@ def _backing(table: model.Table, column: str) -> object:
         return ("pkey", table.primary_key)
     for spec in index_specs(table):
         if spec.unique and spec.columns == (column,) and spec.where is None:
+            # a UNIQUE constraint attached to or detached from the index counts: DROP CONSTRAINT (the detach, and
+            # so the attach's down) fails under a foreign key that depends on the index
             return (spec.name, spec.nulls_distinct, spec.using, spec.constraint)
     return ("pkey", table.primary_key) if column in table.primary_key else None
 
