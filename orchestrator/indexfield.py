@@ -226,7 +226,7 @@ def _expression(text: str, tokens: list[str]) -> Field:
         if token == ")" and depth == 0:
             close = i
     tail = [t for t in tokens[close + 1 :] if not t.isspace()] if close >= 0 else []
-    if close >= 0 and tail and all(_is_word(t) for t in tail):
+    if close >= 0 and tail and all(_is_word(t) for t in tail) and tail[0].upper() not in _SQL_WORDS:
         head = "".join(tokens[: close + 1]).strip()
         return replace(_suffix(tail, f"the expression {head!r}"), expression=head)
     _check_top_level(text, tokens)

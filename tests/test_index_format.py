@@ -231,6 +231,7 @@ def test_tenant_table_with_opclass_index_and_unique_constraint(project: Project)
         ("(a || b) desc nulls last", "(a || b) DESC NULLS LAST"),
         ("a || b", "a || b"),
         ("name IS NULL", "name IS NULL"),
+        ("lower(name) IS NOT NULL", "lower(name) IS NOT NULL"),
         ("CASE WHEN a THEN b ELSE name END", "CASE WHEN a THEN b ELSE name END"),
         ("coalesce(a, 'x;y')", "coalesce(a, 'x;y')"),
     ],

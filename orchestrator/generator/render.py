@@ -242,7 +242,10 @@ def _(op: ops.CreateIndex) -> list[sql.Composable | str]:
 def _index_field(text: str) -> sql.Composable:
     """A column is quoted; an expression is the user's SQL, parenthesised as PostgreSQL requires; then the
     operator class (quoted, schema-qualified if given) and the ordering (see ``indexfield``)."""
-    field = indexfield.parse(text)
+    try:
+        field = indexfield.parse(text)
+    except indexfield.FieldError:  # validated by an older version (a snapshot): an expression, as it rendered then
+        field = indexfield.Field(expression=text)
     if field.column is not None:
         parts: list[sql.Composable] = [sql.Identifier(field.column)]
     else:
