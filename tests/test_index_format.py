@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import indexfield
+from orchestrator import config, indexfield
 from orchestrator.catalog import compare
-from orchestrator.generator import generate
-from tests.conftest import REPO_ROOT, run_cli
-from tests.harness import Project, res
+from orchestrator.generator import generate, snapshots
+from tests.conftest import REPO_ROOT, run_cli, write
+from tests.harness import Project, repo_yaml, res
 
 ID = "    - {name: id, type: bigint, primaryKey: true}\n"
 COLUMNS = ID + (
@@ -269,3 +269,17 @@ def test_catalog_keys_with_suffix_compare_exactly() -> None:
     assert not compare._same_key("created_at DESC", "created DESC")
     assert compare._same_key("lower(title) text_pattern_ops", "lower(title) text_pattern_ops")
     assert not compare._same_key("lower(title) text_pattern_ops", "lower(title)")
+
+
+def test_snapshot_leaves_default_constraint_fields_out_and_round_trips(tmp_path: Path) -> None:
+    write(tmp_path / "config/repo.yaml", repo_yaml())
+    identities = (
+        "  identities:\n    - {name: org, keys: [org]}\n"
+        "    - {name: email, keys: [email], constraint: true, deferrable: initiallyDeferred}\n"
+    )
+    write(tmp_path / "config/r.yaml", res("user", "users", USERS, identities))
+    table = config.load(tmp_path / "config", base=tmp_path).tables[0]
+    plain, constrained = table.canonical()["identities"]
+    assert "constraint" not in plain and "deferrable" not in plain  # old snapshots keep their bytes and hash
+    assert (constrained["constraint"], constrained["deferrable"]) == (True, "deferred")
+    assert snapshots.from_canonical(table.canonical(), "app").canonical() == table.canonical()
