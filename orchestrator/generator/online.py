@@ -10,7 +10,8 @@ as consecutive migrations:
    column that becomes NOT NULL a helper ``CHECK (column IS NOT NULL) NOT VALID``;
 2. **concurrently**, one migration per statement (``transaction:false``; dbmate sends a section as one query,
    and two ``CREATE INDEX CONCURRENTLY`` in one query fail with 25001): ``CREATE [UNIQUE] INDEX CONCURRENTLY``;
-3. **after_indexes** (one transaction), only when needed: foreign keys whose referenced unique index is built in
+3. **after_indexes** (one transaction), only when needed: ``ADD CONSTRAINT … UNIQUE USING INDEX`` for a UNIQUE
+   constraint whose index step 2 built alone (no scan), and foreign keys whose referenced unique index is built in
    step 2 (PostgreSQL requires it to exist; NOT VALID, even on a new table, as the step is not the one that
    created it). Custom statements stay in step 1, in their place among the other changes;
 4. **validate** (``transaction:false``, so the runner commits each statement on its own and resumes at the one
