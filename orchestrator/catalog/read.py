@@ -147,7 +147,8 @@ SELECT n.nspname::text, c.relname::text, ic.relname::text, i.indisunique, am.amn
                                WHERE a.attrelid = i.indrelid AND a.attnum = i.indkey[k]) END
                     || CASE WHEN k >= i.indnkeyatts OR opc.opcdefault THEN ''
                             WHEN ocn.nspname = 'pg_catalog' THEN ' ' || pg_catalog.quote_ident(opc.opcname)
-                            ELSE ' ' || pg_catalog.quote_ident(ocn.nspname) || '.' || pg_catalog.quote_ident(opc.opcname)
+                            ELSE ' ' || pg_catalog.quote_ident(ocn.nspname) || '.'
+                                     || pg_catalog.quote_ident(opc.opcname)
                        END
                     || CASE WHEN k >= i.indnkeyatts THEN ''
                             WHEN i.indoption[k] & 3 = 3 THEN ' DESC'
