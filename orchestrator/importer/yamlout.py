@@ -18,7 +18,7 @@ import yaml
 
 LINE = 116
 """A flow entry longer than this is written in block style, one key per line."""
-_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.()]*(?:\[\])?$")
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_./()-]*(?:\[\])?$")
 
 
 def dump(document: dict[str, Any], header: list[str]) -> str:
@@ -31,7 +31,7 @@ def dump(document: dict[str, Any], header: list[str]) -> str:
 def _block(mapping: dict[str, Any], indent: int, lines: list[str]) -> None:
     pad = " " * indent
     for key, value in mapping.items():
-        if isinstance(value, dict) and not _short(value, indent + len(key) + 2):
+        if isinstance(value, dict) and (indent == 0 or not _short(value, indent + len(key) + 2)):
             lines.append(f"{pad}{key}:")
             _block(value, indent + 2, lines)
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
@@ -43,10 +43,11 @@ def _block(mapping: dict[str, Any], indent: int, lines: list[str]) -> None:
 
 
 def _item(item: dict[str, Any], indent: int, lines: list[str]) -> None:
-    """One list entry: a flow line when it fits, else block style with flow values."""
+    """One list entry: a flow line when it fits and nests no mapping (a reference reads better on a line of
+    its own, as in the examples), else block style with flow values."""
     pad = " " * indent
     text = flow(item)
-    if indent + 2 + len(text) <= LINE:
+    if indent + 2 + len(text) <= LINE and not any(isinstance(v, dict) for v in item.values()):
         lines.append(f"{pad}- {text}")
         return
     for i, (key, value) in enumerate(item.items()):
