@@ -156,7 +156,9 @@ def test_round_trip_per_tenant(tmp_path: Path, source: str, target: str, schema_
     report = json.loads(imported.out)
     assert report["template"] == "org_b"
     assert sorted(report["baseline"]["tenantsRecorded"]) == tenants
-    assert all(item["path"].startswith("config/tenant.") for item in report["written"] if item["table"].startswith("tenants."))
+    assert all(
+        item["path"].startswith("config/tenant.") for item in report["written"] if item["table"].startswith("tenants.")
+    )
 
     _execute(target, TARGET_PRELUDE[schema_file])
     assert _cli(project, target, "migrate").code == 0
@@ -231,7 +233,7 @@ def test_import_writes_files_that_validate_and_read_like_the_examples(tmp_path: 
     assert "    - {name: inserted_at, type: timestamptz, allowNull: false, defaultSql: now()}" in lines
     projects = (project / "config" / "tenant.projects.yaml").read_text()
     assert "    - {name: status, type: text, allowNull: false, default: todo}" in projects
-    assert "    - {name: unique_name, keys: [name], where: \"NOT archived\"}" in projects
+    assert '    - {name: unique_name, keys: [name], where: "NOT archived"}' in projects
     assert "      references: {resource: plans, onDelete: setNull}" in projects
     assert '    - {name: projects_priority_check, check: "priority >= 0"}' in projects
 

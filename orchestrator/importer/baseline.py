@@ -81,7 +81,7 @@ def relocate(table: read.CatalogTable, template: str, tenant: str) -> read.Catal
     def moved(default: str | None) -> str | None:
         if default is None:
             return None
-        for old, new in ((f"'{template}.", f"'{tenant}."), (f"'\"{template}\".", f"'\"{tenant}\".")):
+        for old, new in ((f"'{template}.", f"'{tenant}."), (f'\'"{template}".', f'\'"{tenant}".')):
             default = default.replace(old, new)
         return default
 

@@ -74,17 +74,15 @@ def extensions(conn: psycopg.Connection[Any]) -> list[str]:
     return [str(r[0]) for r in rows.fetchall()]
 
 
-_NOT_EXTENSION = """NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend dep
-    WHERE dep.classid = '{catalog}'::regclass AND dep.objid = {oid} AND dep.deptype = 'e')"""
-
-_RELATIONS = f"""
+_RELATIONS = """
 SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relispartition, c.relrowsecurity,
        EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid),
        EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::regclass
                AND d.objid = c.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i'))
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
-  AND {_NOT_EXTENSION.format(catalog="pg_catalog.pg_class", oid="c.oid")}
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
+                  WHERE e.classid = 'pg_catalog.pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e')
 ORDER BY 1, 2
 """
 
@@ -106,10 +104,12 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = ANY(%(schemas)s) AND NOT t.tgisinternal ORDER BY 1, 2, 3
 """
 
-_FUNCTIONS = f"""
+_FUNCTIONS = """
 SELECT n.nspname::text, p.proname::text, pg_catalog.pg_get_function_identity_arguments(p.oid), p.prokind::text
 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-WHERE n.nspname = ANY(%(schemas)s) AND {_NOT_EXTENSION.format(catalog="pg_catalog.pg_proc", oid="p.oid")}
+WHERE n.nspname = ANY(%(schemas)s)
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
+                  WHERE e.classid = 'pg_catalog.pg_proc'::regclass AND e.objid = p.oid AND e.deptype = 'e')
 ORDER BY 1, 2, 3
 """
 
@@ -137,12 +137,13 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = ANY(%(schemas)s) AND NOT i.indisvalid ORDER BY 1, 2, 3
 """
 
-_TYPES = f"""
+_TYPES = """
 SELECT n.nspname::text, t.typname::text, t.typtype::text
 FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
 LEFT JOIN pg_catalog.pg_class c ON c.oid = t.typrelid
 WHERE n.nspname = ANY(%(schemas)s) AND (t.typtype IN ('e', 'd', 'r') OR (t.typtype = 'c' AND c.relkind = 'c'))
-  AND {_NOT_EXTENSION.format(catalog="pg_catalog.pg_type", oid="t.oid")}
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
+                  WHERE e.classid = 'pg_catalog.pg_type'::regclass AND e.objid = t.oid AND e.deptype = 'e')
 ORDER BY 1, 2
 """
 

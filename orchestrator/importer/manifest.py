@@ -127,9 +127,7 @@ class _Builder:
             self.note("primary key name", pk.name, f"the manifests name it {self.table.name}_pkey")
         return pk.columns
 
-    def _attribute(
-        self, column: read.Column, pk: tuple[str, ...], reference: dict[str, Any] | None
-    ) -> dict[str, Any]:
+    def _attribute(self, column: read.Column, pk: tuple[str, ...], reference: dict[str, Any] | None) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": column.name, "type": column.type}
         implied_not_null = column.name in pk or column.identity is not None
         if len(pk) == 1 and pk[0] == column.name:
@@ -157,8 +155,11 @@ class _Builder:
         if not column.not_null:
             self.note("column", column.name, "a serial column that allows NULL: imported as NOT NULL")
         if sequence != f"{self.table.name}_{column.name}_seq":
-            self.note("sequence name", sequence, f"serial {column.name}: the new sequence is named "
-                      f"{self.table.name}_{column.name}_seq")
+            self.note(
+                "sequence name",
+                sequence,
+                f"serial {column.name}: the new sequence is named {self.table.name}_{column.name}_seq",
+            )
         return serial
 
     def _default(self, column: read.Column) -> dict[str, Any]:
@@ -270,7 +271,7 @@ class _Builder:
         if index.name.endswith(suffix) and IDENTIFIER.match(own) and own not in names:
             name, index_name = own, None
         else:
-            name, index_name = _unique_name("unique_" + "_".join(index.keys), names), index.name
+            name, index_name = unique_name("unique_" + "_".join(index.keys), names), index.name
         names.add(name)
         entry: dict[str, Any] = {"name": name, "keys": list(index.keys)}
         if index.constraint:
@@ -294,8 +295,11 @@ class _Builder:
                 self.note("index", index.name, f"index method {index.method} is not supported")
                 continue
             if index.constraint:
-                self.note("unique constraint", index.name, "with INCLUDE or a non-btree method: imported as a unique "
-                          "index, not a constraint")
+                self.note(
+                    "unique constraint",
+                    index.name,
+                    "with INCLUDE or a non-btree method: imported as a unique index, not a constraint",
+                )
             found.append(self._index(index))
         return found
 
@@ -342,7 +346,7 @@ def _identity_shaped(index: read.Index) -> bool:
     )
 
 
-def _unique_name(base: str, taken: set[str]) -> str:
+def unique_name(base: str, taken: set[str]) -> str:
     base = base[:MAX_NAME]
     name, n = base, 2
     while name in taken:

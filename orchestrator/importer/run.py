@@ -72,7 +72,9 @@ class Report:
             "repo": self.repo,
             "database": self.database,
             "template": self.template,
-            "written": [{"table": i.key, "resource": i.resource, "path": display_path(i.path, root)} for i in self.written],
+            "written": [
+                {"table": i.key, "resource": i.resource, "path": display_path(i.path, root)} for i in self.written
+            ],
             "alreadyDefined": [{"table": k, "resource": r} for k, r in self.already_defined],
             "unsupported": [u.as_dict() for u in self.unsupported],
             "extensions": self.extensions,
@@ -131,6 +133,7 @@ class _Import:
         info = conn.info
         self.report = Report(repo.name, info.dbname)
         self.tenants: list[str] = []
+        self.targets: dict[tuple[str, str], manifest.Target] = {}
 
     def run(self) -> Report:
         schemas = self._schemas()
@@ -168,16 +171,19 @@ class _Import:
         excluded = {inspect.BOOKKEEPING_SCHEMA, *self.tenants}
         return [s for s in existing if s not in excluded] + ([template] if template else [])
 
-    def _choose(self, catalog: dict[str, dict[str, read.CatalogTable]], extras: inspect.Extras) -> list[
-        tuple[read.CatalogTable, str]
-    ]:
+    def _choose(
+        self, catalog: dict[str, dict[str, read.CatalogTable]], extras: inspect.Extras
+    ) -> list[tuple[read.CatalogTable, str]]:
         """Pick the tables to import, with their resource names; fill in every reference target."""
         template = self.report.template
-        defined = {(t.schema or template, t.name): t for t in self.cfg.tables_of(self.repo.name)}
-        names = {t.resource for t in self.cfg.tables}
-        self.targets = {
-            key: manifest.Target(t.resource, t.primary_key, t.is_tenant) for key, t in defined.items() if key[0]
+        defined = {
+            (t.schema or template, t.name): t
+            for t in self.cfg.tables_of(self.repo.name)
+            if t.schema or template  # a tenant table with no template to compare it with is not in the way
         }
+        names = {t.resource for t in self.cfg.tables}
+        for (schema, name), t in defined.items():
+            self.targets[(str(schema), name)] = manifest.Target(t.resource, t.primary_key, t.is_tenant)
         chosen = []
         for schema in sorted(catalog, key=lambda s: (s == template, s != "public", s)):
             for name, table in sorted(catalog[schema].items()):
@@ -206,7 +212,7 @@ class _Import:
             base = table.name if table.name not in taken else f"tenant_{table.name}"
         else:
             base = table.name if table.schema == "public" else f"{table.schema}_{table.name}"
-        return manifest._unique_name(base, taken)
+        return manifest.unique_name(base, taken)
 
     # -- writing ---------------------------------------------------------------------------------------------
 

@@ -56,8 +56,10 @@ def _item(item: dict[str, Any], indent: int, lines: list[str]) -> None:
 
 
 def _short(value: dict[str, Any], indent: int) -> bool:
-    return len(value) <= 3 and all(not isinstance(v, dict | list) for v in value.values()) and (
-        indent + len(flow(value)) <= LINE
+    return (
+        len(value) <= 3
+        and all(not isinstance(v, dict | list) for v in value.values())
+        and (indent + len(flow(value)) <= LINE)
     )
 
 
