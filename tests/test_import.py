@@ -205,13 +205,38 @@ def test_baseline_records_matching_tenants_and_reports_the_others(tmp_path: Path
     assert migrated.code == 0 and "app: up to date" in migrated.out, migrated.out
     rolled = _cli(project, source, "migrate", "--tenants", "--only-tenants", "org_a,org_b", "--json")
     assert rolled.code == 0, rolled.out + rolled.err
-    assert "applied" not in json.dumps([r for r in json.loads(rolled.out)]).replace('"applied": []', "")
+    results = [t for repo in json.loads(rolled.out)["repos"] for t in repo["tenants"]]
+    assert [(t["tenant"], t["status"], t["applied"]) for t in results] == [
+        ("org_a", "up to date", []),
+        ("org_b", "up to date", []),
+    ]
     assert {t: _applied(source, t) for t in ("org_a", "org_b")} == recorded
     assert _applied(source, "public") == [(_, "baseline")]
 
     behind = _cli(project, source, "migrate", "--tenants", "--only-tenants", "org_d")
     assert behind.code == 0, behind.out + behind.err
     assert sorted(_tables(source, ["org_d"])["org_d"]) == ["projects", "tasks"]
+
+
+def test_baseline_with_the_database_state(tmp_path: Path, source: str) -> None:
+    _execute(source, SIMPLE)
+    _execute(source, SIMPLE_TENANT, schema="org_a")
+    project = _project(tmp_path, ["org_a"])
+    imported = _cli(project, source, "import", "--repo", "app", "--state", "database")
+    assert imported.code == 0, imported.out + imported.err
+    assert not (project / "priv").exists()
+    with psycopg.connect(source) as conn:
+        stored = [str(r[0]) for r in conn.execute("SELECT path FROM orchestrator.state_files ORDER BY path")]
+    assert [p.rsplit("/", 1)[0] for p in stored] == [
+        "priv/app/migrations",
+        "priv/app/tenant_migrations",
+        "priv/resource_snapshots/app/plans",
+        "priv/resource_snapshots/app/tenants/projects",
+        "priv/resource_snapshots/app/tenants/tasks",
+    ]
+    assert _cli(project, source, "generate-migrations", "--check", "--state", "database").code == 0
+    rolled = _cli(project, source, "migrate", "--tenants", "--state", "database")
+    assert rolled.code == 0 and "1 up to date" in rolled.out, rolled.out + rolled.err
 
 
 def test_import_writes_files_that_validate_and_read_like_the_examples(tmp_path: Path, source: str) -> None:
@@ -307,3 +332,54 @@ def test_unknown_template_is_bad_input(tmp_path: Path, source: str, server_url: 
     assert result.code == 2
     assert "--tenant-template 'org_zz': no such schema" in result.err
     assert with_dbname(server_url, "x")  # the fixture's server is the one in use
+
+
+# -- pure parts --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("printed", "type_", "value"),
+    [
+        ("'todo'::text", "text", "todo"),
+        ("'it''s'::character varying", "varchar(20)", "it's"),
+        ("0", "integer", 0),
+        ("'-1'::integer", "integer", -1),
+        ("'5000000000'::bigint", "bigint", 5000000000),
+        ("1.5", "numeric(5,2)", 1.5),
+        ("1.50", "numeric(5,2)", None),
+        ("true", "boolean", True),
+        ("now()", "timestamptz", None),
+        ("'{}'::text[]", "text[]", None),
+        ("'a'::text || 'b'::text", "text", None),
+        ("'1 day'::interval", "interval", "1 day"),
+    ],
+)
+def test_literal_defaults_only_when_they_render_back(printed: str, type_: str, value: object) -> None:
+    from orchestrator.importer import manifest
+
+    assert manifest.literal(printed, type_) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ("todo", "todo"),
+        ("now()", "now()"),
+        ("varchar(200)", "varchar(200)"),
+        ("numeric(5,2)", '"numeric(5,2)"'),
+        ("text[]", '"text[]"'),  # brackets end a flow sequence
+        ("0", '"0"'),
+        ("yes", '"yes"'),
+        ("null", '"null"'),
+        ("NOT archived", '"NOT archived"'),
+        ("it's", '"it\'s"'),
+        ("a: b", '"a: b"'),
+        ("back\\slash", '"back\\\\slash"'),
+        (True, "true"),
+        (-1, "-1"),
+    ],
+)
+def test_scalars_are_quoted_only_when_needed(value: object, written: str) -> None:
+    from orchestrator.importer import yamlout
+
+    assert yamlout.scalar(value) == written

@@ -18,7 +18,7 @@ import yaml
 
 LINE = 116
 """A flow entry longer than this is written in block style, one key per line."""
-_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_./()-]*(?:\[\])?$")
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_./()-]*$")
 
 
 def dump(document: dict[str, Any], header: list[str]) -> str:
