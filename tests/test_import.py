@@ -276,6 +276,9 @@ CREATE POLICY notes_mine ON notes USING (true);
 CREATE SEQUENCE ticket_numbers;
 CREATE TABLE measurements (at date NOT NULL, value integer) PARTITION BY RANGE (at);
 CREATE TABLE measurements_2024 PARTITION OF measurements FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE rooms (id integer PRIMARY KEY, name text COLLATE "C" NOT NULL, area box,
+                    CONSTRAINT rooms_no_overlap EXCLUDE USING gist (area WITH &&));
+CREATE MATERIALIZED VIEW room_names AS SELECT name FROM rooms;
 """
 
 
@@ -293,11 +296,17 @@ def test_unsupported_objects_are_listed_one_by_one(tmp_path: Path, source: str) 
         "sequence public.ticket_numbers: not owned by a column",
         "partitioned table public.measurements",
         "partition public.measurements_2024",
-        "generated column public.words",
+        "generated column public.notes.words",
+        "exclusion constraint public.rooms_no_overlap: on rooms: EXCLUDE USING gist (area WITH &&)",
+        "column collation public.rooms.name: COLLATE C is not kept",
+        "materialized view public.room_names",
     ):
         assert line in text.out, text.out
     assert (tmp_path / "elsewhere" / "notes.yaml").is_file()
     assert "no baseline" in text.out  # written outside the config directory
+    rooms = (tmp_path / "elsewhere" / "rooms.yaml").read_text()
+    assert "indexes" not in rooms  # the exclusion constraint's index is not an index of the manifest
+    assert "#   - exclusion constraint public.rooms_no_overlap" in rooms
 
     listed = _cli(project, source, "import", "--repo", "app", "--out", str(tmp_path / "json"), "--json")
     assert listed.code == 0, listed.out + listed.err

@@ -153,7 +153,9 @@ class _Builder:
         if sequence is None or serial is None or not (column.default or "").startswith("nextval("):
             return None
         if not column.not_null:
-            self.note("column", column.name, "a serial column that allows NULL: imported as NOT NULL")
+            self.note(
+                "column", f"{self.table.name}.{column.name}", "a serial column that allows NULL: imported as NOT NULL"
+            )
         if sequence != f"{self.table.name}_{column.name}_seq":
             self.note(
                 "sequence name",
@@ -165,7 +167,11 @@ class _Builder:
     def _default(self, column: read.Column) -> dict[str, Any]:
         text = str(column.default)
         if text.startswith("GENERATED ALWAYS AS"):
-            self.note("generated column", column.name, f"{text} is not kept (imported as a plain column)")
+            self.note(
+                "generated column",
+                f"{self.table.name}.{column.name}",
+                f"{text} is not kept (imported as a plain column)",
+            )
             return {}
         value = literal(text, column.type)
         return {"defaultSql": text} if value is None else {"default": value}

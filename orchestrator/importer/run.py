@@ -222,6 +222,8 @@ class _Import:
         for table, resource in chosen:
             result = manifest.document(table, resource, ctx)
             self.report.unsupported += result.notes
+            own = [u for u in extras.unsupported if (u.schema, u.table) == (table.schema, table.name)]
+            result.notes[:0] = own  # the header lists everything about the table that was not imported
             self.report.written.append(Imported(self._key(table), resource, self.out / self._file_name(table)))
             built.append(result)
         taken = [i.path for i in self.report.written if i.path.exists()]

@@ -52,7 +52,28 @@ def _item(item: dict[str, Any], indent: int, lines: list[str]) -> None:
         return
     for i, (key, value) in enumerate(item.items()):
         lead = "- " if i == 0 else "  "
-        lines.append(f"{pad}{lead}{key}: {flow(value)}")
+        lines += _wrapped(f"{pad}{lead}{key}: ", value)
+
+
+def _wrapped(prefix: str, value: Any) -> list[str]:
+    """``prefix`` and a flow mapping, continued on lines aligned after its brace when it is too long
+    (``references: {resource: user, ...,`` / ``deferrable: ...}``, as in the design's example)."""
+    text = flow(value)
+    if len(prefix) + len(text) <= LINE or not isinstance(value, dict):
+        return [prefix + text]
+    lines: list[str] = []
+    current = prefix + "{"
+    align = " " * len(current)
+    parts = [f"{k}: {flow(v)}" for k, v in value.items()]
+    for i, part in enumerate(parts):
+        piece = part + ("}" if i == len(parts) - 1 else ",")
+        if not current.endswith("{") and len(current) + 1 + len(piece) > LINE:
+            lines.append(current)
+            current = align + piece
+        else:
+            current += ("" if current.endswith("{") else " ") + piece
+    lines.append(current)
+    return lines
 
 
 def _short(value: dict[str, Any], indent: int) -> bool:
