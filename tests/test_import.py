@@ -159,6 +159,9 @@ def test_round_trip_per_tenant(tmp_path: Path, source: str, target: str, schema_
     assert all(
         item["path"].startswith("config/tenant.") for item in report["written"] if item["table"].startswith("tenants.")
     )
+    assert _cli(project, source, "generate-migrations", "--check").code == 0
+    again = _cli(project, source, "migrate", "--tenants")
+    assert again.code == 0 and "3 up to date" in again.out, again.out + again.err
 
     _execute(target, TARGET_PRELUDE[schema_file])
     assert _cli(project, target, "migrate").code == 0

@@ -13,6 +13,7 @@ together with the existing config before the first file is written, so a failed 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,8 +265,6 @@ class _Import:
         local = (self.options.root / "schemas" / "resource.schema.json").resolve()
         if not local.is_file():
             return SCHEMA_URL
-        import os
-
         return Path(os.path.relpath(local, path.parent.resolve())).as_posix()
 
     def _validate(self, texts: list[str]) -> None:
