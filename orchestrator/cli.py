@@ -193,6 +193,16 @@ def _parser() -> argparse.ArgumentParser:
     tenants_cmd = sub.add_parser("tenants", parents=[common], help="print what each repo's tenant source returns")
     tenants_cmd.add_argument("--repo", help="only this repo")
     tenants_cmd.set_defaults(handler=cmd_tenants)
+
+    import_cmd = sub.add_parser(
+        "import", parents=[common], help="write manifests and a baseline from a live database (see README)"
+    )
+    import_cmd.add_argument("--repo", required=True, help="the repo whose database is read")
+    import_cmd.add_argument(
+        "--tenant-template", metavar="S", help="the tenant schema read for tenant tables (default: the first listed)"
+    )
+    import_cmd.add_argument("--out", type=Path, metavar="DIR", help="where to write (default: the Repo's directory)")
+    import_cmd.set_defaults(handler=cmd_import)
     return parser
 
 
@@ -690,6 +700,54 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     else:
         _print_tenants(listed, skipped)
     return EXIT_FAILED if any(t.invalid for t in listed) else EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from orchestrator.importer import run as importer  # psycopg and the generator only for this command
+
+    options = importer.Options(
+        repo=args.repo,
+        config_dir=args.config,
+        root=args.root,
+        out=args.out,
+        template=args.tenant_template,
+        state_kind=args.state,
+    )
+    report = importer.run(options)
+    if args.json:
+        _print_json(report.as_dict(args.root))
+    else:
+        _print_import(report, args.root)
+    return report.exit_code
+
+
+def _print_import(report: Any, root: Path) -> None:
+    template = f", tenant template {report.template}" if report.template else ""
+    print(f"{report.repo}: imported {len(report.written)} tables from database {report.database}{template}")
+    for item in report.written:
+        print(f"  wrote {_shown(item.path, root)} ({item.key}, resource {item.resource})")
+    for key, resource in report.already_defined:
+        print(f"  skipped {key}: already defined by resource {resource!r}")
+    if report.unsupported:
+        print(f"not imported ({len(report.unsupported)}; the manifest format cannot express them):")
+        for item in report.unsupported:
+            print(f"  {item}")
+    for name in report.extensions:
+        print(f"note: extension {name} is installed; add it to the Repo's extensions for an empty database")
+    if report.baseline_note:
+        print(f"baseline: {report.baseline_note}")
+    for path in report.migrations:
+        print(f"baseline: wrote {_shown(path, root)}")
+    checked = report.tenants
+    if report.migrations:
+        print(f"baseline: recorded as applied in {report.repo}", end="")
+        print(f" and {len(checked.matching)} tenant schema(s)" if checked.matching else "")
+    if checked.behind:
+        print(f"tenants without tables (migrate --tenants creates them): {', '.join(checked.behind)}")
+    for tenant, found in checked.differing.items():
+        print(f"tenant {tenant} differs from the template, not recorded ({len(found)} differences):", file=sys.stderr)
+        for line in found:
+            print(f"  {line}", file=sys.stderr)
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
