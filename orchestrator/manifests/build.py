@@ -721,7 +721,7 @@ class _References:
                         f"{kind} column {column!r} is not one of the foreign key's columns ({', '.join(columns)})",
                     )
         if action.kind == "setNull":
-            for column in action.columns or columns:
+            for column in [c for c in action.columns or columns if c in columns]:
                 found = source.column(column)
                 if found is not None and not found.allow_null:
                     problem((key,), f"setNull on column {column!r}, which does not allow NULL")
