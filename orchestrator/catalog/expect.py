@@ -76,8 +76,8 @@ def _expected_indexes(table: model.Table) -> Iterator[Index]:
     for foreign_key in table.foreign_keys:
         if foreign_key.index and foreign_key.index_name:
             columns = foreign_key.columns
-            keys = columns if tenant is None or tenant in columns else (tenant, *columns)
-            yield Index(foreign_key.index_name, False, "btree", keys, None, (), True)
+            indexed = columns if tenant is None or tenant in columns else (tenant, *columns)
+            yield Index(foreign_key.index_name, False, "btree", indexed, None, (), True)
 
 
 def _expected_foreign_keys(table: model.Table, schema: str) -> Iterator[ForeignKey]:
