@@ -213,9 +213,15 @@ def test_context_tables_reference_a_tenant_table_and_a_global_table(project: Pro
     plan = project.step(REGIONS, ORDERS, res("line", "lines", LINES, CONTEXT + LINE_KEYS))
     assert kinds(plan) == ["AddForeignKey", "AddForeignKey", "CreateIndex", "ValidateConstraint", "ValidateConstraint"]
     assert validated(project, "lines_region_fkey") and validated(project, "lines_order_id_order_rev_fkey")
-    project.undo()
-    project.undo()
-    project.undo()
+    # the global table's referenced column renamed: the tenant key follows it, no tenant migration at all
+    regions = REGIONS.replace("{name: code,", "{name: region_code, renamedFrom: code,")
+    keys = LINE_KEYS.replace("[country, code]", "[country, region_code]")
+    plan = project.step(regions, ORDERS, res("line", "lines", LINES, CONTEXT + keys))
+    assert [(m.scope, type(op).__name__) for m in plan.migrations for op in m.operations] == [
+        ("global", "RenameColumn")
+    ]
+    for _ in range(4):
+        project.undo()
 
 
 def test_type_changes_under_a_key_drop_and_add_it_again(project: Project) -> None:

@@ -41,18 +41,21 @@ def compare_scope(
     old: Mapping[str, model.Table],
     new: Sequence[model.Table],
     renamed_elsewhere: Mapping[TableName, TableName] | None = None,
+    columns_elsewhere: Mapping[TableName, Mapping[str, str]] | None = None,
 ) -> ScopeDiff:
     """Return the operations from the ``old`` tables (by key) to the ``new`` ones, and the snapshots to write.
 
     ``renamed_elsewhere`` names tables renamed or moved in another scope (global tables, for the tenant scope):
     PostgreSQL updates foreign keys that point at a renamed table, so old references are compared through it
     (``followed``), while operations that re-create old constraints keep the names they had (``old``).
+    ``columns_elsewhere`` are the column renames of those tables (``column_renames``), which table-level keys
+    follow the same way.
     """
     diff = ScopeDiff()
     pairs = matches(old, new)
     renamed = {**(renamed_elsewhere or {}), **renames(pairs)}
     followed = {key: _follow_renames(table, renamed) for key, table in old.items()}
-    moved_columns = column_renames(pairs, new)
+    moved_columns = {**(columns_elsewhere or {}), **column_renames(pairs, new)}
     followed = {key: _follow_foreign_keys(table, renamed, moved_columns) for key, table in followed.items()}
     for table in sorted(new, key=lambda t: t.key):
         previous = pairs.get(table.key)

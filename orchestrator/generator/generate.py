@@ -196,12 +196,16 @@ def _plan_repo(
     new_extensions = [e for e in repo.extensions if e not in installed]
     global_old = {k: t for k, t in old.items() if not t.is_tenant}
     global_renames = compare.renames(compare.matches(global_old, [t for t in tables if not t.is_tenant]))
+    global_columns = compare.column_renames(
+        compare.matches(global_old, [t for t in tables if not t.is_tenant]), [t for t in tables if not t.is_tenant]
+    )
     for scope, path in (("global", repo.migrations_path), ("tenant", repo.tenant_migrations_path)):
         tenant = scope == "tenant"
         diff = compare.compare_scope(
             {k: t for k, t in old.items() if t.is_tenant == tenant},
             [t for t in tables if t.is_tenant == tenant],
             global_renames if tenant else None,
+            global_columns if tenant else None,
         )
         operations = diff.operations
         if scope == "global":
