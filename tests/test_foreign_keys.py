@@ -4,13 +4,16 @@ and every step rolled back to exactly the previous catalog (``tests/harness.py``
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from orchestrator.generator import generate
+from orchestrator import config
+from orchestrator.generator import generate, order, snapshots
 from orchestrator.generator import operations as ops
-from tests.harness import Project, res
+from tests.conftest import write
+from tests.harness import Project, repo_yaml, res
 
 TENANCY = "  multitenancy: {strategy: attribute, attribute: tenant_id}\n"
 POSTS = (
@@ -233,3 +236,19 @@ def test_type_changes_under_a_key_drop_and_add_it_again(project: Project) -> Non
     assert validated(project, "comments_post_id_tenant_id_fkey")
     project.undo()
     project.undo()
+
+
+def test_snapshots_leave_out_an_empty_list_and_read_keys_back(tmp_path: Path) -> None:
+    """A table without table-level keys keeps its snapshot bytes (no ``foreign_keys`` entry); one with keys
+    reads back equal; a referencing table is created after the table it references."""
+    for i, text in enumerate((repo_yaml(), posts(), comments())):
+        write(tmp_path / f"r{i}.yaml", text)
+    cfg = config.load(tmp_path, base=tmp_path)
+    by_name = {t.name: t for t in cfg.tables}
+    assert "foreign_keys" not in by_name["posts"].canonical()
+    assert by_name["comments"].canonical()["foreign_keys"][0]["ref_columns"] == ["id", "tenant_id"]
+    for table in cfg.tables:
+        again = snapshots.from_canonical(json.loads(table.canonical_json()), table.repo)
+        assert again.canonical_json() == table.canonical_json()
+    created = order.order([ops.CreateTable(ops.Ref("public", t.name), t) for t in reversed(cfg.tables)])
+    assert [op.table for op in created] == ["public.posts", "public.comments"]
