@@ -128,6 +128,24 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class ForeignKey:
+    """A table-level (multi-column) foreign key, resolved like ``Reference``: ``schema`` is None when the
+    target is a tenant table in the same tenant; ``ref_columns`` pair up with ``columns`` in order."""
+
+    name: str
+    columns: tuple[str, ...]
+    table: str
+    schema: str | None
+    ref_columns: tuple[str, ...]
+    on_delete: Action | None = None
+    on_update: Action | None = None
+    deferrable: Deferrable = "no"
+    match: Literal["simple", "full"] = "simple"
+    index: bool = False
+    index_name: str | None = None
+
+
+@dataclass(frozen=True)
 class Attribute:
     name: str
     type: str
@@ -216,6 +234,8 @@ class Table:
     check_constraints: tuple[CheckConstraint, ...] = ()
     statements: tuple[Statement, ...] = ()
     source: Source = field(default=Source("<none>", 0), compare=False)
+    foreign_keys: tuple[ForeignKey, ...] = field(default=(), metadata={"omit_default": True})
+    """Table-level foreign keys (several columns); a one-column key stays on its attribute (``references``)."""
 
     @property
     def is_tenant(self) -> bool:

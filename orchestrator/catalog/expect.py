@@ -83,6 +83,11 @@ def _expected_indexes(table: model.Table) -> Iterator[Index]:
         if ref is not None and ref.index and ref.index_name:
             keys = (attribute.name,) if tenant in (None, attribute.name) else (str(tenant), attribute.name)
             yield Index(ref.index_name, False, "btree", keys, None, (), True)
+    for foreign_key in table.foreign_keys:
+        if foreign_key.index and foreign_key.index_name:
+            columns = foreign_key.columns
+            indexed = columns if tenant is None or tenant in columns else (tenant, *columns)
+            yield Index(foreign_key.index_name, False, "btree", indexed, None, (), True)
 
 
 def _expected_foreign_keys(table: model.Table, schema: str) -> Iterator[ForeignKey]:
@@ -100,6 +105,18 @@ def _expected_foreign_keys(table: model.Table, schema: str) -> Iterator[ForeignK
             on_update=_expected_action(ref.on_update),
             deferrable=ref.deferrable,
             match=ref.match,
+        )
+    for foreign_key in table.foreign_keys:
+        yield ForeignKey(
+            name=foreign_key.name,
+            columns=foreign_key.columns,
+            ref_schema=foreign_key.schema or schema,
+            ref_table=foreign_key.table,
+            ref_columns=foreign_key.ref_columns,
+            on_delete=_expected_action(foreign_key.on_delete),
+            on_update=_expected_action(foreign_key.on_update),
+            deferrable=foreign_key.deferrable,
+            match=foreign_key.match,
         )
 
 

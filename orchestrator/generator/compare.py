@@ -41,17 +41,22 @@ def compare_scope(
     old: Mapping[str, model.Table],
     new: Sequence[model.Table],
     renamed_elsewhere: Mapping[TableName, TableName] | None = None,
+    columns_elsewhere: Mapping[TableName, Mapping[str, str]] | None = None,
 ) -> ScopeDiff:
     """Return the operations from the ``old`` tables (by key) to the ``new`` ones, and the snapshots to write.
 
     ``renamed_elsewhere`` names tables renamed or moved in another scope (global tables, for the tenant scope):
     PostgreSQL updates foreign keys that point at a renamed table, so old references are compared through it
     (``followed``), while operations that re-create old constraints keep the names they had (``old``).
+    ``columns_elsewhere`` are the column renames of those tables (``column_renames``), which table-level keys
+    follow the same way.
     """
     diff = ScopeDiff()
     pairs = matches(old, new)
     renamed = {**(renamed_elsewhere or {}), **renames(pairs)}
     followed = {key: _follow_renames(table, renamed) for key, table in old.items()}
+    moved_columns = {**(columns_elsewhere or {}), **column_renames(pairs, new)}
+    followed = {key: _follow_foreign_keys(table, renamed, moved_columns) for key, table in followed.items()}
     for table in sorted(new, key=lambda t: t.key):
         previous = pairs.get(table.key)
         before = len(diff.operations)
@@ -68,6 +73,7 @@ def compare_scope(
         diff.operations += drop_table(old[key])
         diff.snapshots[key] = None
     diff.operations += _dependent_foreign_keys(diff.operations, pairs, followed, new)
+    diff.operations += _dependent_table_keys(diff.operations, pairs, followed, new)
     existing = {t.schema for t in old.values() if t.schema}
     diff.operations += [op for op in _schemas(diff.operations) if op.name not in existing]
     return diff
@@ -216,6 +222,7 @@ def create_table(table: model.Table) -> Ops:
     result += [ops.CreateIndex(at, spec) for spec in index_specs(table)]
     result += [ops.AddCheck(at, check) for check in table.check_constraints]
     result += [ops.AddForeignKey(at, a.name, a.references) for a in table.attributes if a.references]
+    result += [ops.AddForeignKey(at, "", foreign_key) for foreign_key in table.foreign_keys]
     result += [ops.RunStatement(at, s.name, s.up, s.down) for s in table.statements]
     return result
 
@@ -248,7 +255,8 @@ def index_specs(table: model.Table) -> list[ops.IndexSpec]:
         )
         for i in table.indexes
     ]
-    return specs + [spec for a in table.attributes if (spec := _fk_index(table, a))]
+    specs += [spec for a in table.attributes if (spec := _fk_index(table, a))]
+    return specs + [spec for f in table.foreign_keys if (spec := _table_key_index(table, f))]
 
 
 def _fk_index(table: model.Table, attribute: model.Attribute) -> ops.IndexSpec | None:
@@ -280,6 +288,7 @@ def _transform(original: model.Table, old: model.Table, new: model.Table) -> Ops
     at = ref(new)
     old = replace(old, schema=new.schema, name=new.name)
     old, back, column_renames = _rename_columns(at, old, new)
+    old = _rename_key_columns(old, {before: after for after, before in back.items()})
     result += column_renames
     if old.primary_key != new.primary_key:
         result += [ops.DropPrimaryKey(at, original.primary_key)] if original.primary_key else []
@@ -287,6 +296,7 @@ def _transform(original: model.Table, old: model.Table, new: model.Table) -> Ops
     elif new.primary_key and before.name != new.name:
         result.append(ops.RenameConstraint(at, f"{before.name}_pkey", f"{new.name}_pkey"))
     result += _columns(at, old, new, original, back)
+    result += _table_keys(at, old.foreign_keys, new.foreign_keys, original.foreign_keys)
     result += _indexes(at, index_specs(_unrenamed(old, original)), index_specs(new), index_specs(old))
     result += _by_name(at, old.check_constraints, new.check_constraints, ops.AddCheck, ops.DropCheck)
     result += _statements(at, old.statements, new.statements)
@@ -295,7 +305,8 @@ def _transform(original: model.Table, old: model.Table, new: model.Table) -> Ops
 
 def _unrenamed(old: model.Table, original: model.Table) -> model.Table:
     """``old`` with the original column names, for dropping indexes as they are before column renames."""
-    return replace(old, attributes=original.attributes, identities=original.identities, indexes=original.indexes)
+    unrenamed = replace(old, attributes=original.attributes, identities=original.identities, indexes=original.indexes)
+    return replace(unrenamed, foreign_keys=original.foreign_keys)
 
 
 def _early(op: ops.Operation, before: ops.Ref) -> ops.Operation:
@@ -469,3 +480,165 @@ def _statements(at: ops.Ref, old: Sequence[model.Statement], new: Sequence[model
         ops.RunStatement(at, s.name, s.down, s.up, removal=True) for s in reversed(old) if new_by_name.get(s.name) != s
     ]
     return result + [ops.RunStatement(at, s.name, s.up, s.down) for s in new if old_by_name.get(s.name) != s]
+
+
+# -- table-level (multi-column) foreign keys -----------------------------------------------------------------
+
+
+def _table_key_index(table: model.Table, foreign_key: model.ForeignKey) -> ops.IndexSpec | None:
+    """The optional index of a table-level key: its columns, the tenant column first when it is not one of
+    them (attribute multitenancy), as for an attribute's reference."""
+    if not foreign_key.index or foreign_key.index_name is None:
+        return None
+    tenant = table.multitenancy.attribute if table.multitenancy.strategy == "attribute" else None
+    columns = foreign_key.columns
+    if tenant and tenant not in columns:
+        columns = (tenant, *columns)
+    return ops.IndexSpec(foreign_key.index_name, columns, "foreign-key index")
+
+
+def column_renames(pairs: Mapping[str, model.Table], new: Sequence[model.Table]) -> dict[TableName, dict[str, str]]:
+    """Return, per old (schema, name) of a matched table (as old foreign keys name their targets), its column
+    renames (old -> new, from renamedFrom hints)."""
+    found: dict[TableName, dict[str, str]] = {}
+    for table in new:
+        previous = pairs.get(table.key)
+        if previous is not None and (moved := _renamed_here(previous, table)):
+            found[(previous.schema, previous.name)] = moved
+    return found
+
+
+def _follow_foreign_keys(
+    table: model.Table, renamed: Mapping[TableName, TableName], columns: Mapping[TableName, Mapping[str, str]]
+) -> model.Table:
+    """Point table-level keys at the target's new name and its renamed columns, as PostgreSQL does."""
+    if not table.foreign_keys or not (renamed or columns):
+        return table
+    keys = []
+    for key in table.foreign_keys:
+        target = (key.schema, key.table)
+        moved = columns.get(target, {})
+        key = replace(key, ref_columns=tuple(moved.get(c, c) for c in key.ref_columns))
+        if target in renamed:
+            key = replace(key, schema=renamed[target][0], table=renamed[target][1])
+        keys.append(key)
+    return replace(table, foreign_keys=tuple(keys))
+
+
+def _rename_key_columns(old: model.Table, renames: Mapping[str, str]) -> model.Table:
+    """``old``'s table-level keys with this table's own column renames applied (PostgreSQL follows them)."""
+    if not renames or not old.foreign_keys:
+        return old
+
+    def action(value: model.Action | None) -> model.Action | None:
+        return replace(value, columns=tuple(renames.get(c, c) for c in value.columns)) if value else None
+
+    keys = tuple(
+        replace(
+            key,
+            columns=tuple(renames.get(c, c) for c in key.columns),
+            on_delete=action(key.on_delete),
+            on_update=action(key.on_update),
+        )
+        for key in old.foreign_keys
+    )
+    return replace(old, foreign_keys=keys)
+
+
+def _unindexed(key: model.ForeignKey) -> model.ForeignKey:
+    return replace(key, index=False, index_name=None)
+
+
+def _table_keys(
+    at: ops.Ref,
+    old: Sequence[model.ForeignKey],
+    new: Sequence[model.ForeignKey],
+    original: Sequence[model.ForeignKey],
+) -> Ops:
+    """Table-level keys by name: a key that only changed its name is renamed, any other change is a drop and an
+    add (their optional indexes are compared with the other indexes). ``old`` has renames followed;
+    ``original`` the keys as they were, which a drop keeps so its reverse re-creates them."""
+    as_was = {k.name: k for k in original}
+    old_by_name = {k.name: _unindexed(k) for k in old}
+    new_by_name = {k.name: _unindexed(k) for k in new}
+    gone = [k for name, k in old_by_name.items() if name not in new_by_name]
+    drops: Ops = []
+    result: Ops = []
+    for name, key in new_by_name.items():
+        previous = old_by_name.get(name)
+        if previous == key:
+            continue
+        twin = next((g for g in gone if replace(g, name=name) == key), None) if previous is None else None
+        if twin is not None:
+            gone.remove(twin)
+            result.append(ops.RenameConstraint(at, twin.name, name))
+            continue
+        if previous is not None:
+            drops.append(ops.DropForeignKey(at, "", as_was.get(name, previous)))
+        result.append(ops.AddForeignKey(at, "", next(k for k in new if k.name == name)))
+    drops += [ops.DropForeignKey(at, "", as_was.get(key.name, key)) for key in gone]
+    return drops + result
+
+
+def _dependent_table_keys(
+    operations: Ops, pairs: Mapping[str, model.Table], followed: Mapping[str, model.Table], new: Sequence[model.Table]
+) -> Ops:
+    """Drop and re-add kept table-level keys whose columns' types, or the target's columns or the unique index
+    or primary key behind them, change (as ``_dependent_foreign_keys`` does for attribute references)."""
+    touched = {(op.table, op.reference.name) for op in operations if isinstance(op, ops.AddForeignKey)}
+    by_ref = {str(ops.Ref(t.schema, t.name)): t for t in new}
+    result: Ops = []
+    for table in sorted(new, key=lambda t: t.key):
+        previous = pairs.get(table.key)
+        if previous is None:
+            continue
+        before = _rename_columns(ref(table), followed[previous.key], table)[0]
+        before = _rename_key_columns(before, _renamed_here(previous, table))
+        old_keys = {k.name: k for k in before.foreign_keys}
+        for key in table.foreign_keys:
+            old_key = old_keys.get(key.name)
+            if old_key is None or (str(ref(table)), key.name) in touched:
+                continue
+            target = by_ref.get(str(ops.Ref(key.schema, key.table)))
+            old_target = pairs.get(target.key) if target is not None else None
+            if target is None or old_target is None:
+                continue
+            old_target_renamed = _rename_columns(ref(target), followed[old_target.key], target)[0]
+            if _key_changed(before, table, old_target_renamed, target, old_key, key):
+                original = next((k for k in previous.foreign_keys if k.name == key.name), old_key)
+                result.append(ops.DropForeignKey(ref(previous), "", original))
+                result.append(ops.AddForeignKey(ref(table), "", key))
+    return result
+
+
+def _renamed_here(old: model.Table, new: model.Table) -> dict[str, str]:
+    old_names = {a.name for a in old.attributes}
+    return {a.renamed_from: a.name for a in new.attributes if a.renamed_from in old_names and a.name not in old_names}
+
+
+def _key_changed(
+    old: model.Table,
+    new: model.Table,
+    old_target: model.Table,
+    new_target: model.Table,
+    old_key: model.ForeignKey,
+    new_key: model.ForeignKey,
+) -> bool:
+    """Did a column's type change, on either side, or what makes the referenced columns unique?"""
+    pairs = [(old, new, a, b) for a, b in zip(old_key.columns, new_key.columns, strict=False)]
+    pairs += [(old_target, new_target, a, b) for a, b in zip(old_key.ref_columns, new_key.ref_columns, strict=False)]
+    for before_table, after_table, before, after in pairs:
+        old_column, new_column = before_table.column(before), after_table.column(after)
+        if old_column is None or new_column is None or old_column.type != new_column.type:
+            return True
+    return _set_backing(old_target, old_key.ref_columns) != _set_backing(new_target, new_key.ref_columns)
+
+
+def _set_backing(table: model.Table, columns: tuple[str, ...]) -> object:
+    """What makes ``columns`` unique: the primary key, or a unique index (its definition, minus names)."""
+    if set(table.primary_key) == set(columns):
+        return ("pkey", table.primary_key)
+    for spec in index_specs(table):
+        if spec.unique and set(spec.columns) == set(columns) and spec.where is None:
+            return (spec.name, spec.nulls_distinct, spec.using)
+    return None

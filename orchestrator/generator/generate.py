@@ -196,17 +196,22 @@ def _plan_repo(
     new_extensions = [e for e in repo.extensions if e not in installed]
     global_old = {k: t for k, t in old.items() if not t.is_tenant}
     global_renames = compare.renames(compare.matches(global_old, [t for t in tables if not t.is_tenant]))
+    global_columns = compare.column_renames(
+        compare.matches(global_old, [t for t in tables if not t.is_tenant]), [t for t in tables if not t.is_tenant]
+    )
     for scope, path in (("global", repo.migrations_path), ("tenant", repo.tenant_migrations_path)):
         tenant = scope == "tenant"
         diff = compare.compare_scope(
             {k: t for k, t in old.items() if t.is_tenant == tenant},
             [t for t in tables if t.is_tenant == tenant],
             global_renames if tenant else None,
+            global_columns if tenant else None,
         )
         operations = diff.operations
         if scope == "global":
             operations = [ops.CreateExtension(e) for e in new_extensions] + operations
             blocked = _breaks_tenant_keys(repo, operations, [t for t in old.values() if t.is_tenant])
+            blocked += _breaks_tenant_table_keys(repo, operations, [t for t in old.values() if t.is_tenant])
             if blocked:
                 raise DestructiveChangeError(
                     "\n".join(
@@ -448,6 +453,28 @@ def _breaks_tenant_keys(
                             f"({table.name}.{attribute.name}) depends on it; change the tenant table "
                             "first, generate and roll it out, then the global one"
                         )
+    return blocked
+
+
+def _breaks_tenant_table_keys(
+    repo: model.Repo, operations: Sequence[ops.Operation], tenant_tables: Sequence[model.Table]
+) -> list[str]:
+    """``_breaks_tenant_keys`` for table-level (multi-column) foreign keys of tenant tables."""
+    blocked = []
+    for op in operations:
+        if not isinstance(op, ops.DropTable | ops.AlterType):
+            continue
+        column = op.column if isinstance(op, ops.AlterType) else None
+        for table in tenant_tables:
+            for key in table.foreign_keys:
+                if (key.schema, key.table) == (op.ref.schema, op.ref.name) and (
+                    column is None or column in key.ref_columns
+                ):
+                    blocked.append(
+                        f"{repo.name}: {op.describe()} — tenant foreign key {key.name} "
+                        f"({table.name} ({', '.join(key.columns)})) depends on it; change the tenant table "
+                        "first, generate and roll it out, then the global one"
+                    )
     return blocked
 
 

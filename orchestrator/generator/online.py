@@ -69,7 +69,7 @@ def steps(ordered: Sequence[ops.Operation], *, online: bool = True) -> list[Step
             concurrent.append(op)
         elif isinstance(op, ops.AttachUnique) and (op.table, op.index.columns) in built:
             after.append(op)  # the index it takes over is built in step 2
-        elif isinstance(op, ops.AddForeignKey) and (_target(op), (op.reference.column,)) in built:
+        elif isinstance(op, ops.AddForeignKey) and _needs_built_index(op, built):
             after.append(_not_valid(op, set(), True, later))  # not in the file that created its table: NOT VALID
         elif isinstance(op, ops.AlterNull) and (op.table, op.column) in deferred_nulls:
             helper = helper_name(op.ref.name, op.column)
@@ -130,6 +130,13 @@ def _deferred_nulls(ordered: Sequence[ops.Operation], created: set[str]) -> set[
         and op.table not in created
         and (op.table, op.column) not in in_new_keys
     }
+
+
+def _needs_built_index(op: ops.AddForeignKey, built: set[tuple[str, tuple[str, ...]]]) -> bool:
+    """Does the key reference columns whose unique index is built concurrently in this change? PostgreSQL
+    matches the index on the set of columns, in any order."""
+    wanted = set(op.ref_columns)
+    return any(table == _target(op) and set(columns) == wanted for table, columns in built)
 
 
 def _target(op: ops.AddForeignKey) -> str:

@@ -435,20 +435,47 @@ class RenameConstraint(Operation):
         return f"~ constraint {self.old} on {self.ref} renamed to {self.new}"
 
 
+ForeignKeyDefinition = model.Reference | model.ForeignKey
+"""An attribute's one-column reference (its column is the operation's ``column``) or a table-level key."""
+
+
+def key_columns(column: str, reference: ForeignKeyDefinition) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Return (columns, referenced columns) of a foreign key, whichever way it was written."""
+    if isinstance(reference, model.ForeignKey):
+        return reference.columns, reference.ref_columns
+    return (column,), (reference.column,)
+
+
 @dataclass(frozen=True)
 class AddForeignKey(Operation):
+    """A foreign key: an attribute's reference (``column`` is the attribute) or a table-level key over several
+    columns (``reference`` is a ``model.ForeignKey``; ``column`` is then '')."""
+
     PHASE: ClassVar[int] = 16
     ref: Ref
     column: str
-    reference: model.Reference
+    reference: ForeignKeyDefinition
     valid: bool = True  # False: NOT VALID, checked later by a ValidateConstraint
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return key_columns(self.column, self.reference)[0]
+
+    @property
+    def ref_columns(self) -> tuple[str, ...]:
+        return key_columns(self.column, self.reference)[1]
 
     def reverse(self) -> DropForeignKey:
         return DropForeignKey(self.ref, self.column, self.reference)
 
     def describe(self) -> str:
         target = Ref(self.reference.schema, self.reference.table)
-        text = f"+ foreign key {self.reference.name}: {self.ref}.{self.column} -> {target}.{self.reference.column}"
+        columns, ref_columns = ", ".join(self.columns), ", ".join(self.ref_columns)
+        if len(self.columns) > 1:
+            columns, ref_columns = f"({columns})", f"({ref_columns})"
+            text = f"+ foreign key {self.reference.name}: {self.ref} {columns} -> {target} {ref_columns}"
+        else:
+            text = f"+ foreign key {self.reference.name}: {self.ref}.{columns} -> {target}.{ref_columns}"
         return text if self.valid else f"{text} NOT VALID"
 
 
@@ -457,7 +484,7 @@ class DropForeignKey(Operation):
     PHASE: ClassVar[int] = 1
     ref: Ref
     column: str
-    reference: model.Reference
+    reference: ForeignKeyDefinition
 
     def reverse(self) -> AddForeignKey:
         return AddForeignKey(self.ref, self.column, self.reference)

@@ -45,7 +45,8 @@ def _references(op: ops.Operation) -> set[Hashable]:
     table = getattr(op, "definition", None)
     if table is None:
         return set()
-    return {str(ops.Ref(a.references.schema, a.references.table)) for a in table.attributes if a.references}
+    targets = {str(ops.Ref(a.references.schema, a.references.table)) for a in table.attributes if a.references}
+    return targets | {str(ops.Ref(f.schema, f.table)) for f in table.foreign_keys}
 
 
 def order(operations: Sequence[ops.Operation]) -> list[ops.Operation]:

@@ -311,7 +311,7 @@ def _(op: ops.AddForeignKey) -> list[sql.Composable | str]:
     target = name(ops.Ref(reference.schema, reference.table))
     parts: list[sql.Composable] = [
         sql.SQL("ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({})").format(
-            sql.Identifier(reference.name), sql.Identifier(op.column), target, sql.Identifier(reference.column)
+            sql.Identifier(reference.name), _columns(op.columns), target, _columns(op.ref_columns)
         )
     ]
     if reference.match == "full":

@@ -111,6 +111,7 @@ def from_canonical(data: dict[str, Any], repo: str) -> model.Table:
             indexes=tuple(_index(i) for i in data["indexes"]),
             check_constraints=tuple(model.CheckConstraint(**c) for c in data["check_constraints"]),
             statements=tuple(model.Statement(**s) for s in data["statements"]),
+            foreign_keys=tuple(_foreign_key(f) for f in data.get("foreign_keys", ())),
         )
     except (KeyError, TypeError) as exc:
         raise SnapshotError(f"snapshot of {data.get('name', '?')} is malformed: {exc}") from None
@@ -131,3 +132,16 @@ def _action(data: dict[str, Any] | None) -> model.Action | None:
 
 def _index(data: dict[str, Any]) -> model.Index:
     return model.Index(**{**data, "fields": tuple(data["fields"]), "include": tuple(data["include"])})
+
+
+def _foreign_key(data: dict[str, Any]) -> model.ForeignKey:
+    """A table-level foreign key (absent from snapshots written before they existed)."""
+    return model.ForeignKey(
+        **{
+            **data,
+            "columns": tuple(data["columns"]),
+            "ref_columns": tuple(data["ref_columns"]),
+            "on_delete": _action(data["on_delete"]),
+            "on_update": _action(data["on_update"]),
+        }
+    )

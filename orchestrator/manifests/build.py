@@ -504,7 +504,8 @@ class _References:
                     ref = self._reference(draft, attribute, path, raw)
                     attribute = replace(attribute, references=ref)
                 attributes.append(attribute)
-            tables.append(replace(draft.table, attributes=tuple(attributes)))
+            table = replace(draft.table, attributes=tuple(attributes))
+            tables.append(replace(table, foreign_keys=self._foreign_keys(draft, table)))
         return tables
 
     def _reference(
@@ -623,6 +624,145 @@ class _References:
                     problem((key,), f"setNull on column {column!r}, which does not allow NULL")
         return action
 
+    # -- table-level (multi-column) foreign keys
+
+    def _foreign_keys(self, draft: _Draft, source: model.Table) -> tuple[model.ForeignKey, ...]:
+        built = []
+        for i, raw in enumerate(draft.doc.data["spec"].get("foreignKeys", ())):
+            foreign_key = self._foreign_key(draft, source, ("spec", "foreignKeys", i), raw)
+            if foreign_key is not None:
+                built.append(foreign_key)
+        return tuple(built)
+
+    def _foreign_key(
+        self, draft: _Draft, source: model.Table, path: Path_, raw: dict[str, Any]
+    ) -> model.ForeignKey | None:
+        def problem(sub: Path_, message: str) -> None:
+            self.problems.append(draft.doc.problem((*path, *sub), message))
+
+        def in_references(sub: Path_, message: str) -> None:
+            problem(("references", *sub), message)
+
+        columns = tuple(str(c) for c in raw["columns"])
+        known = self._local_columns(source, columns, problem)
+        target = self._target(source, raw["references"], in_references)
+        if target is None:
+            return None
+        if target.repo != source.repo:
+            problem(("references",), f"{target.key} is in repo {target.repo!r}; a foreign key cannot cross databases")
+            return None
+        if target.is_tenant and not source.is_tenant:
+            problem(
+                ("references",),
+                f"global table {source.name!r} cannot reference tenant (context) table {target.name!r}",
+            )
+            return None
+        ref_columns = self._ref_columns(columns, target, raw["references"], in_references)
+        if ref_columns is None or not known:
+            return None
+        self._check_types(source, columns, target, ref_columns, problem)
+        return model.ForeignKey(
+            name=raw.get("name") or _derived_name(draft.doc, path, (source.name, *columns, "fkey"), self.problems),
+            columns=columns,
+            table=target.name,
+            schema=None if target.is_tenant else target.schema,
+            ref_columns=ref_columns,
+            on_delete=self._key_action(source, columns, raw, "onDelete", problem),
+            on_update=self._key_action(source, columns, raw, "onUpdate", problem),
+            deferrable=_DEFERRABLE[raw.get("deferrable", False)],
+            match=raw.get("match", "simple"),
+            index=raw.get("index", False),
+            index_name=(
+                _derived_name(draft.doc, (*path, "index"), (source.name, *columns, "index"), self.problems)
+                if raw.get("index")
+                else None
+            ),
+        )
+
+    @staticmethod
+    def _local_columns(source: model.Table, columns: tuple[str, ...], problem: Any) -> bool:
+        names = [a.name for a in source.attributes]
+        for j, column in enumerate(columns):
+            if column not in names:
+                problem(("columns", j), f"unknown column {column!r}{_did_you_mean(column, names)}")
+        return all(c in names for c in columns)
+
+    @staticmethod
+    def _ref_columns(
+        columns: tuple[str, ...], target: model.Table, raw: dict[str, Any], problem: Any
+    ) -> tuple[str, ...] | None:
+        """The referenced columns: as written, or the target's primary key; as many as ``columns``, and
+        unique in the target (PostgreSQL needs a primary key or unique index on exactly those columns)."""
+        ref_columns = tuple(str(c) for c in raw.get("columns", target.primary_key))
+        where: Path_ = ("columns",) if "columns" in raw else ()
+        if not ref_columns:
+            problem((), f"{target.name!r} has no primary key; name the referenced columns")
+            return None
+        if len(ref_columns) != len(columns):
+            shown = "" if "columns" in raw else f" (its primary key {', '.join(ref_columns)})"
+            problem(
+                where,
+                f"{len(columns)} column(s) ({', '.join(columns)}) cannot reference "
+                f"{len(ref_columns)} column(s) of {target.name!r}{shown}; give as many on both sides",
+            )
+            return None
+        names = [a.name for a in target.attributes]
+        unknown = [(j, c) for j, c in enumerate(ref_columns) if c not in names]
+        for j, column in unknown:
+            problem(
+                (*where, j) if where else (),
+                f"unknown column {column!r} in {target.name!r}{_did_you_mean(column, names)}",
+            )
+        if unknown:
+            return None
+        if not _is_unique_set(target, ref_columns):
+            problem(
+                where,
+                f"{target.name} ({', '.join(ref_columns)}) is neither the primary key nor a unique identity; "
+                "PostgreSQL needs a unique constraint or index on exactly these columns to reference them",
+            )
+            return None
+        return ref_columns
+
+    @staticmethod
+    def _check_types(
+        source: model.Table, columns: tuple[str, ...], target: model.Table, ref_columns: tuple[str, ...], problem: Any
+    ) -> None:
+        for j, (column, ref_column) in enumerate(zip(columns, ref_columns, strict=True)):
+            mine, theirs = source.column(column), target.column(ref_column)
+            if mine and theirs and _comparable(mine.type) != _comparable(theirs.type):
+                problem(
+                    ("columns", j),
+                    f"type {mine.type} of {column!r} does not match {target.name}.{ref_column} ({theirs.type})",
+                )
+
+    @staticmethod
+    def _key_action(
+        source: model.Table, columns: tuple[str, ...], raw: dict[str, Any], key: str, problem: Any
+    ) -> model.Action | None:
+        value = raw.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            action = model.Action(cast(Any, value))
+        else:
+            kind, listed = next(iter(value.items()))
+            action = model.Action(kind, tuple(listed))
+            if key == "onUpdate":
+                problem((key, kind), f"a column list is only allowed with onDelete; write onUpdate: {kind}")
+            for i, column in enumerate(listed):
+                if column not in columns:
+                    problem(
+                        (key, kind, i),
+                        f"{kind} column {column!r} is not one of the foreign key's columns ({', '.join(columns)})",
+                    )
+        if action.kind == "setNull":
+            for column in [c for c in action.columns or columns if c in columns]:
+                found = source.column(column)
+                if found is not None and not found.allow_null:
+                    problem((key,), f"setNull on column {column!r}, which does not allow NULL")
+        return action
+
 
 _DEFERRABLE: dict[Any, model.Deferrable] = {
     False: "no",
@@ -639,6 +779,21 @@ def _is_unique(table: model.Table, column: str) -> bool:
     identities = any(i.keys == (column,) and i.where is None and i.deferrable == "no" for i in table.identities)
     # a CONCURRENTLY index is built after the migration that would add the foreign key, so it cannot back one
     indexes = any(i.unique and i.fields == (column,) and i.where is None and not i.concurrently for i in table.indexes)
+    return identities or indexes
+
+
+def _is_unique_set(table: model.Table, columns: tuple[str, ...]) -> bool:
+    """Is there a primary key, identity or unique index (not partial, not deferrable, not built concurrently
+    after the migration) on exactly ``columns``, in any order? That is what PostgreSQL looks for."""
+    wanted = set(columns)
+    if set(table.primary_key) == wanted and len(table.primary_key) == len(columns):
+        return True
+    identities = any(
+        set(i.keys) == wanted and i.where is None and i.deferrable == "no" for i in table.identities
+    )
+    indexes = any(
+        i.unique and set(i.fields) == wanted and i.where is None and not i.concurrently for i in table.indexes
+    )
     return identities or indexes
 
 
@@ -736,4 +891,20 @@ def _names(table: model.Table, doc: Document) -> list[tuple[str, str, Path_, boo
             names.append((ref.index_name, "foreign-key index", (*path, "index"), True))
     for i, check in enumerate(table.check_constraints):
         names.append((check.name, "check constraint", ("spec", "checkConstraints", i, "name"), False))
+    names += _foreign_key_names(table, doc)
+    return names
+
+
+def _foreign_key_names(table: model.Table, doc: Document) -> list[tuple[str, str, Path_, bool]]:
+    """The names of table-level foreign keys and their indexes, located at their entries."""
+    positions = {
+        (fk.get("name"), tuple(fk["columns"])): i for i, fk in enumerate(doc.data["spec"].get("foreignKeys", ()))
+    }
+    names: list[tuple[str, str, Path_, bool]] = []
+    for foreign_key in table.foreign_keys:
+        i = positions.get((foreign_key.name, foreign_key.columns), positions.get((None, foreign_key.columns), 0))
+        path: Path_ = ("spec", "foreignKeys", i)
+        names.append((foreign_key.name, "foreign key", path, False))
+        if foreign_key.index_name:
+            names.append((foreign_key.index_name, "foreign-key index", (*path, "index"), True))
     return names

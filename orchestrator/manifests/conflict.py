@@ -25,6 +25,7 @@ _LABELS = {
     "on_update": "onUpdate",
     "index_name": "indexName",
     "nulls_distinct": "nullsDistinct",
+    "ref_columns": "references.columns",
 }
 """Model field names as the manifests spell them; the others are spelt the same."""
 _IGNORED = frozenset({"name", "renamed_from"})
@@ -35,6 +36,7 @@ _PARTS = (
     ("indexes", "index"),
     ("checkConstraints", "check constraint"),
     ("statements", "statement"),
+    ("foreignKeys", "foreign key"),
 )
 
 
@@ -130,6 +132,7 @@ def _items(table: model.Table, doc: Document, key: str) -> dict[str, tuple[Any, 
         "indexes": table.indexes,
         "checkConstraints": table.check_constraints,
         "statements": table.statements,
+        "foreignKeys": table.foreign_keys,
     }[key]
     raw_names = [raw.get("name") for raw in doc.data["spec"].get(key, ())]
     items: dict[str, tuple[Any, Path_]] = {}
