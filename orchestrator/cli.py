@@ -145,6 +145,13 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--tenants", action="store_true", help="the tenant migrations of every listed tenant")
     status.set_defaults(handler=cmd_status)
 
+    drift = sub.add_parser(
+        "drift", parents=[common], help="compare each target's live catalog with the model of its applied version"
+    )
+    drift.add_argument("--repo", help="only this repo")
+    _tenant_options(drift)
+    drift.set_defaults(handler=cmd_drift)
+
     repair = sub.add_parser(
         "repair", parents=[common], help="record the new checksums of applied migrations edited on purpose"
     )
@@ -503,6 +510,42 @@ def _tenant_status(args: argparse.Namespace) -> int:
                     )
     bad = any(t["pending"] or t["last_status"] == "failed" or t["edited"] for r in reports for t in r["tenants"])
     return EXIT_FAILED if bad else EXIT_OK
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from orchestrator import drift
+
+    if not args.tenants and (args.only_tenants or args.except_tenants):
+        raise BadInputError("--only-tenants and --except-tenants need --tenants")
+    with _runner(args) as run:
+        repos = [r for r in run.repos(args.repo) if r.tenants is not None or not args.tenants]
+        if args.tenants and args.repo and not repos:
+            raise BadInputError(f"repo {args.repo!r} has no tenants source (spec.tenants)")
+        reports = [
+            drift.check(run, r, tenant_scope=args.tenants, only=args.only_tenants, exclude=args.except_tenants)
+            for r in repos
+        ]
+    checked = sum(len(r.targets) for r in reports)
+    drifted = sum(len(r.drifted) for r in reports)
+    if args.json:
+        _print_json({"checked": checked, "drifted": drifted, "repos": [r.as_dict() for r in reports]})
+    else:
+        _print_drift(reports)
+        print(f"{drifted} of {checked} target{'s' if checked != 1 else ''} drifted")
+    return EXIT_FAILED if drifted else EXIT_OK
+
+
+def _print_drift(reports: list[Any]) -> None:
+    for report in reports:
+        for target in report.targets:
+            if target.status == "ok":
+                continue
+            at = f" (model at {target.version})" if target.version else ""
+            count = len(target.differences)
+            what = "schema missing" if target.status == "missing" else f"{count} difference{'s' if count != 1 else ''}"
+            print(f"{target.target}: {what}{at}")
+            for line in target.differences:
+                print(f"  - {line}")
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
