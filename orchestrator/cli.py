@@ -184,6 +184,13 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", parents=[common], help="the daemon: reconcile on change, serve status over HTTP")
     serve.add_argument("--interval", type=_duration_s, default=30.0, metavar="D", help="how often to check (30s)")
+    serve.add_argument(
+        "--drift-interval",
+        type=_duration_or_zero_s,
+        default=300.0,
+        metavar="D",
+        help="how often to compare the live catalogs with the model (5m; 0 disables)",
+    )
     serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="HTTP address")
     serve.add_argument("--no-generate", action="store_true", help="apply existing migrations only")
     serve.add_argument("--once", action="store_true", help="one reconcile, then exit with migrate's exit code")
@@ -239,6 +246,19 @@ def _duration_s(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _duration_or_zero_s(text: str) -> float:
+    """A duration where 0 (or ``0s``) means off."""
+    from orchestrator import durations
+
+    if text.strip() == "0":
+        return 0.0
+    try:
+        ms = durations.parse_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return 0.0 if ms == 0 else max(ms, 100) / 1000
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from orchestrator.daemon import reconcile, serve, service
 
@@ -266,7 +286,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.config, args.root, state_kind=args.state, generate=not args.no_generate, stuck_after_s=args.stuck_after
     )
     return serve.serve(
-        daemon, interval_s=args.interval, host=host, port=int(port), api_token=serve.token(args.token_file)
+        daemon,
+        interval_s=args.interval,
+        host=host,
+        port=int(port),
+        api_token=serve.token(args.token_file),
+        drift_interval_s=args.drift_interval,
     )
 
 
