@@ -143,8 +143,9 @@ class Scope:
 
 def check_global(conn: psycopg.Connection[Any], repo: model.Repo, models: Models, scope: Scope) -> TargetDrift:
     """The global target: the schemas of the global tables (modelled or configured), the bookkeeping aside."""
-    version = applied_version(recorder.applied(conn, "public"), scope.own)
-    modelled = models.at(version).values()
+    applied = recorder.applied(conn, "public")
+    version = applied_version(applied, scope.own)
+    modelled = models.at(model_bound(applied, scope.own, version)).values()
     tables = [t for t in modelled if not t.is_tenant]
     schemas = sorted({str(t.schema) for t in [*tables, *scope.configured]} - {recorder.SCHEMA})
     live = read.read_schemas(conn, schemas)
@@ -175,8 +176,10 @@ def check_tenants(
         states = bulk.states(conn, chunk)
         live = read.read_schemas(conn, [n for n in chunk if states[n].exists])
         for name in chunk:
-            version = applied_version(states[name].applied, own)
-            results.append(_tenant(repo, models.at(version), version, name, states[name], live.get(name, {}), probes))
+            applied = states[name].applied
+            version = applied_version(applied, own)
+            modelled = models.at(model_bound(applied, own, version))
+            results.append(_tenant(repo, modelled, version, name, states[name], live.get(name, {}), probes))
     return results
 
 
@@ -255,7 +258,7 @@ class Models:
         self._at: dict[int | None, dict[str, model.Table]] = {}
 
     def at(self, version: int | None) -> dict[str, model.Table]:
-        """key -> table: per folder the newest snapshot at or below ``version`` (None: nothing applied)."""
+        """key -> table: per folder the newest snapshot at or below ``version`` (None: an empty model)."""
         if version not in self._at:
             kept = {p: t for p, (v, t) in self.files.items() if version is not None and v <= version}
             loaded = snapshots.load(kept, self.prefix, self.repo.name)
@@ -270,6 +273,20 @@ def applied_version(applied: Collection[int], own: Collection[int]) -> int | Non
         return max(applied, default=None)
     known = set(own)
     return max((v for v in applied if v in known), default=None)
+
+
+def model_bound(applied: Collection[int], own: Sequence[int], version: int | None) -> int | None:
+    """The newest snapshot version the model of a target at ``version`` includes: up to (not including) its
+    next migration not applied, so a snapshot written with no migration of its scope (a tenant table's reference
+    to a renamed global table) counts from the migrations before it; None: nothing applied, an empty model."""
+    if version is None:
+        return None
+    later = [v for v in own if v > version and v not in applied]
+    return min(later) - 1 if later else _NEWEST
+
+
+_NEWEST = 99_999_999_999_999
+"""Above every version (YYYYMMDDHHMMSS): the whole model."""
 
 
 def _version_of(path: str) -> str | None:
