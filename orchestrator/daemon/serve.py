@@ -92,6 +92,7 @@ def serve(
             max_instances=1,
             coalesce=True,
             misfire_grace_time=None,
+            next_run_time=dt.datetime.now(dt.UTC),
         )
     scheduler.start()
     service.log.info(

@@ -301,9 +301,8 @@ class Service:
             self._gauge_tenants()
 
     def drift_job(self) -> None:
-        """Compare every target's live catalog with the model of its applied version (``drift``)."""
-        if self.cfg is None:
-            return
+        """Compare every target's live catalog with the model of its applied version (``drift``); the first run,
+        at start, waits for the first reconcile (the jobs' lock) and checks what it left."""
         with self._exclusive("drift") as go:
             if not go or self.cfg is None:
                 return
