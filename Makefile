@@ -50,6 +50,7 @@ bench: install
 	$(PY) bench/tenants_bench.py
 	$(PY) bench/daemon_bench.py
 	$(PY) bench/stall_bench.py
+	$(PY) bench/drift_bench.py
 
 lint: install
 	$(BIN)/ruff check orchestrator tests bench

@@ -145,6 +145,13 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--tenants", action="store_true", help="the tenant migrations of every listed tenant")
     status.set_defaults(handler=cmd_status)
 
+    drift = sub.add_parser(
+        "drift", parents=[common], help="compare each target's live catalog with the model of its applied version"
+    )
+    drift.add_argument("--repo", help="only this repo")
+    _tenant_options(drift)
+    drift.set_defaults(handler=cmd_drift)
+
     repair = sub.add_parser(
         "repair", parents=[common], help="record the new checksums of applied migrations edited on purpose"
     )
@@ -177,6 +184,13 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", parents=[common], help="the daemon: reconcile on change, serve status over HTTP")
     serve.add_argument("--interval", type=_duration_s, default=30.0, metavar="D", help="how often to check (30s)")
+    serve.add_argument(
+        "--drift-interval",
+        type=_duration_or_zero_s,
+        default=300.0,
+        metavar="D",
+        help="how often to compare the live catalogs with the model (5m; 0 disables)",
+    )
     serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="HTTP address")
     serve.add_argument("--no-generate", action="store_true", help="apply existing migrations only")
     serve.add_argument("--once", action="store_true", help="one reconcile, then exit with migrate's exit code")
@@ -242,6 +256,19 @@ def _duration_s(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _duration_or_zero_s(text: str) -> float:
+    """A duration where 0 (or ``0s``) means off."""
+    from orchestrator import durations
+
+    if text.strip() == "0":
+        return 0.0
+    try:
+        ms = durations.parse_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return 0.0 if ms == 0 else max(ms, 100) / 1000
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from orchestrator.daemon import reconcile, serve, service
 
@@ -269,7 +296,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.config, args.root, state_kind=args.state, generate=not args.no_generate, stuck_after_s=args.stuck_after
     )
     return serve.serve(
-        daemon, interval_s=args.interval, host=host, port=int(port), api_token=serve.token(args.token_file)
+        daemon,
+        interval_s=args.interval,
+        host=host,
+        port=int(port),
+        api_token=serve.token(args.token_file),
+        drift_interval_s=args.drift_interval,
     )
 
 
@@ -513,6 +545,42 @@ def _tenant_status(args: argparse.Namespace) -> int:
                     )
     bad = any(t["pending"] or t["last_status"] == "failed" or t["edited"] for r in reports for t in r["tenants"])
     return EXIT_FAILED if bad else EXIT_OK
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from orchestrator import drift
+
+    if not args.tenants and (args.only_tenants or args.except_tenants):
+        raise BadInputError("--only-tenants and --except-tenants need --tenants")
+    with _runner(args) as run:
+        repos = [r for r in run.repos(args.repo) if r.tenants is not None or not args.tenants]
+        if args.tenants and args.repo and not repos:
+            raise BadInputError(f"repo {args.repo!r} has no tenants source (spec.tenants)")
+        reports = [
+            drift.check(run, r, tenant_scope=args.tenants, only=args.only_tenants, exclude=args.except_tenants)
+            for r in repos
+        ]
+    checked = sum(len(r.targets) for r in reports)
+    drifted = sum(len(r.drifted) for r in reports)
+    if args.json:
+        _print_json({"checked": checked, "drifted": drifted, "repos": [r.as_dict() for r in reports]})
+    else:
+        _print_drift(reports)
+        print(f"{drifted} of {checked} target{'s' if checked != 1 else ''} drifted")
+    return EXIT_FAILED if drifted else EXIT_OK
+
+
+def _print_drift(reports: list[Any]) -> None:
+    for report in reports:
+        for target in report.targets:
+            if target.status == "ok":
+                continue
+            at = f" (model at {target.version})" if target.version else ""
+            count = len(target.differences)
+            what = "schema missing" if target.status == "missing" else f"{count} difference{'s' if count != 1 else ''}"
+            print(f"{target.target}: {what}{at}")
+            for line in target.differences:
+                print(f"  - {line}")
 
 
 def cmd_repair(args: argparse.Namespace) -> int:

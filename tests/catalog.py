@@ -15,9 +15,9 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from orchestrator import model
+from orchestrator.catalog import checks
 from orchestrator.catalog.compare import differences, normalise_sql
 from orchestrator.catalog.expect import expected, sql_literal
 from orchestrator.catalog.read import (
@@ -30,7 +30,6 @@ from orchestrator.catalog.read import (
     RefAction,
     read_schema,
     read_schemas,
-    sort_named,
 )
 
 __all__ = [
@@ -90,29 +89,8 @@ def assert_matches(
 
 
 def _server_checks(conn: psycopg.Connection[Any], schema: str, table: model.Table) -> tuple[Check, ...]:
-    """Return the model's checks as this server prints them.
-
-    PostgreSQL rewrites some expressions beyond what text normalisation can undo (``BETWEEN`` becomes two
-    comparisons, ``IN (...)`` becomes ``= ANY (ARRAY[...])``), so each expected check is added to a throw-away
-    copy of the live table and read back; the transaction is rolled back.
-    """
-    forms = []
-    with conn.transaction(force_rollback=True):
-        probe = sql.Identifier("orchestrator_check_probe")
-        conn.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {})").format(probe, sql.Identifier(schema, table.name)))
-        for check in table.check_constraints:
-            name = sql.Identifier(check.name)
-            conn.execute(
-                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
-                    probe, name, sql.SQL(check.check + "\n" if "--" in check.check else check.check)
-                )
-            )
-            row = conn.execute(
-                "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
-                ("orchestrator_check_probe", check.name),
-            ).fetchone()
-            forms.append(Check(check.name, str(row[0]) if row else f"CHECK ({check.check})"))
-    return sort_named(forms)
+    """Return the model's checks as this server prints them (``orchestrator.catalog.checks``)."""
+    return checks.server_checks(conn, schema, table.name, table.check_constraints)
 
 
 def unfinished(conn: psycopg.Connection[Any], schemas: Sequence[str]) -> list[str]:

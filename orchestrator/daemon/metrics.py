@@ -21,6 +21,12 @@ TENANTS_BEHIND = Gauge(
     "Tenants not at the newest tenant migration (failed ones included), by repo.",
     ["repo"],
 )
+DRIFT_TARGETS = Gauge(
+    "orchestrator_drift_targets",
+    "Targets (the global schemas, each tenant schema) whose live catalog differs from the model of their applied "
+    "version, at the last successful drift check, by repo.",
+    ["repo"],
+)
 LAST_SUCCESS = Gauge("orchestrator_last_successful_reconcile_timestamp_seconds", "When the last reconcile succeeded.")
 CONNECTIONS_ABANDONED = Counter(
     "orchestrator_connections_abandoned_total", "Connections given up as silent (half-open) by the watchdog.", ["repo"]

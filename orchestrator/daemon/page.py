@@ -368,7 +368,55 @@ def _repo(repo: dict[str, Any], status: dict[str, Any], now: float) -> str:
     return (
         f'<section class="repo{" has-failures" if trouble else ""}" id="repo-{esc(name)}" data-repo="{esc(name)}">'
         f"<h3>{esc(name)} <small>{about}</small></h3>"
-        f"{_repo_banners(repo)}{_repo_facts(repo, status, now)}{_failures(repo, now)}</section>"
+        f"{_repo_banners(repo)}{_repo_facts(repo, status, now)}{_failures(repo, now)}{_drift(repo, now)}</section>"
+    )
+
+
+def _drift_row(target: dict[str, Any]) -> str:
+    shown = [str(line) for line in _list(target.get("differences"))]
+    count = _num(target.get("differences_count"))
+    more = int(count) - len(shown) if count is not None and count > len(shown) else 0
+    lines = "\n".join(shown) + (f"\n… and {more} more" if more else "")
+    return (
+        f'<tr class="drifted" data-target="{esc(target.get("target", ""))}">'
+        f'<td class="target"><code>{esc(target.get("target", UNKNOWN))}</code></td>'
+        f'<td class="version"><code>{_or_unknown(target.get("version"))}</code></td>'
+        f'<td class="differences"><pre>{esc(lines)}</pre></td></tr>'
+    )
+
+
+def _drift(repo: dict[str, Any], now: float) -> str:
+    """The last drift check of a repo: drifted targets with their differences, and a check that failed."""
+    drift = _dict(repo.get("drift"))
+    if not drift:
+        return '<p class="drift unknown">Drift: not checked yet.</p>'
+    error = drift.get("error")
+    failed = (
+        f'<p class="drift-error banner bad">Drift check failed {when(drift.get("failed_at"), now)}: '
+        f'<span class="message">{esc(error)}</span></p>'
+        if error
+        else ""
+    )
+    targets = [_dict(t) for t in _list(drift.get("targets"))]
+    drifted, checked = _num(drift.get("drifted")), _num(drift.get("targets_checked"))
+    missing = [str(m) for m in _list(drift.get("missing_tenants"))]
+    gone = f" Tenant schemas missing: {esc(', '.join(missing))}." if missing else ""
+    if drifted is None:
+        return f'<section class="drift">{failed}</section>'
+    summary = (
+        f'<p class="drift-summary{" bad" if drifted else " ok"}" data-drifted="{esc(int(drifted))}">'
+        f"Drift: {esc(int(drifted))} of {_or_unknown(checked if checked is None else int(checked))} targets "
+        f"drifted (checked {when(drift.get('checked_at'), now)}).{gone}</p>"
+    )
+    if not targets:
+        return f'<section class="drift">{failed}{summary}</section>'
+    hidden = int(drifted) - len(targets)
+    rows = "".join(_drift_row(t) for t in targets)
+    more = f'<p class="drift-more">… and {hidden} more drifted targets.</p>' if hidden > 0 else ""
+    return (
+        f'<section class="drift">{failed}{summary}<table class="drift" id="drift-{esc(repo.get("name", ""))}">'
+        "<caption>Drifted targets</caption><thead><tr><th>Target</th><th>Model at</th><th>Differences</th></tr>"
+        f"</thead><tbody>{rows}</tbody></table>{more}</section>"
     )
 
 

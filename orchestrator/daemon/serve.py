@@ -64,6 +64,7 @@ def serve(
     port: int,
     api_token: str | None,
     grace_s: float = GRACE_S,
+    drift_interval_s: float = 0.0,
 ) -> int:
     logs.configure()
     logs.capture_stdlib()
@@ -82,8 +83,25 @@ def serve(
             misfire_grace_time=None,
             next_run_time=dt.datetime.now(dt.UTC),
         )
+    if drift_interval_s > 0:  # its own interval: a catalog read of every tenant costs more than a tenant pass
+        scheduler.add_job(
+            service.drift_job,
+            "interval",
+            seconds=drift_interval_s,
+            id="drift",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=dt.datetime.now(dt.UTC),
+        )
     scheduler.start()
-    service.log.info("serve.start", listen=f"{host}:{port}", interval_s=interval_s, state=service.state_kind)
+    service.log.info(
+        "serve.start",
+        listen=f"{host}:{port}",
+        interval_s=interval_s,
+        drift_interval_s=drift_interval_s,
+        state=service.state_kind,
+    )
     try:
         config = uvicorn.Config(
             http.app(service, api_token),

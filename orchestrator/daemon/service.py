@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from orchestrator import db, model
-from orchestrator.daemon import book, metrics, reconcile
+from orchestrator.daemon import book, drifts, metrics, reconcile
 from orchestrator.daemon import rollouts as ops
 from orchestrator.errors import ConfigError, OrchestratorError, Problem
 
@@ -120,7 +120,11 @@ class Service:
     events: EventLog = field(default_factory=EventLog)
     repos: dict[str, dict[str, Any]] = field(default_factory=dict)
     """repo -> latest versions, database name, applied global version, last error: what jobs saw last."""
-    jobs: dict[str, Job] = field(default_factory=lambda: {n: Job() for n in ("reconcile", "tenants", "rollout")})
+    drift: drifts.Book = field(default_factory=drifts.Book)
+    """Per repo the last drift check: what drifted, or why the check failed."""
+    jobs: dict[str, Job] = field(
+        default_factory=lambda: {n: Job() for n in ("reconcile", "tenants", "rollout", "drift")}
+    )
     _endpoints: Endpoints | None = None
     _gauged: set[str] = field(default_factory=set)  # repos with tenant gauges exported
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -295,6 +299,45 @@ class Service:
                 self.tenants.merge(repo, results, complete=True, left_out=waiting)
                 metrics.count_tenants(repo.name, results)
             self._gauge_tenants()
+
+    def drift_job(self) -> None:
+        """Compare every target's live catalog with the model of its applied version (``drift``); the first run,
+        at start, waits for the first reconcile (the jobs' lock) and checks what it left."""
+        with self._exclusive("drift") as go:
+            if not go or self.cfg is None:
+                return
+            run = self.runner()
+            for repo in self.cfg.repos:
+                if self.stopping.is_set():
+                    return
+                self._check_drift(run, repo)
+            self.drift.retain({repo.name for repo in self.cfg.repos})
+
+    def _check_drift(self, run: Runner, repo: model.Repo) -> None:
+        from orchestrator import drift
+
+        started = time.time()
+        try:
+            reports = [drift.check(run, repo, tenant_scope=False)]
+            if repo.tenants is not None:
+                reports.append(drift.check(run, repo, tenant_scope=True))
+        except (OrchestratorError, psycopg.Error) as exc:
+            error = db.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            self.drift.failed(repo.name, error, started)
+            self._event("drift.error", level="error", repo=repo.name, error=error)
+            return
+        found = self.drift.record(repo.name, reports, started)
+        metrics.DRIFT_TARGETS.labels(repo=repo.name).set(found)
+        for report in reports:
+            for target in report.drifted:
+                self._event(
+                    "drift.found",
+                    level="warning",
+                    repo=repo.name,
+                    tenant=target.schema,
+                    version=target.version,
+                    differences=list(target.differences),
+                )
 
     # -- ops-triggered rollouts ----------------------------------------------------------------------------
 
@@ -477,7 +520,7 @@ class Service:
             "latest_tenant_version": info.get("latest_tenant_version"),
             "last_error": info.get("last_error"),
         }
-        return shown | self.tenants.summary(repo)
+        return shown | self.tenants.summary(repo) | {"drift": self.drift.get(repo.name)}
 
     def status(self) -> dict[str, Any]:
         report = self.report
