@@ -788,9 +788,7 @@ def _is_unique_set(table: model.Table, columns: tuple[str, ...]) -> bool:
     wanted = set(columns)
     if set(table.primary_key) == wanted and len(table.primary_key) == len(columns):
         return True
-    identities = any(
-        set(i.keys) == wanted and i.where is None and i.deferrable == "no" for i in table.identities
-    )
+    identities = any(set(i.keys) == wanted and i.where is None and i.deferrable == "no" for i in table.identities)
     indexes = any(
         i.unique and set(i.fields) == wanted and i.where is None and not i.concurrently for i in table.indexes
     )
