@@ -180,7 +180,7 @@ def test_unique_constraint_renamed_with_its_index_and_its_column(project: Projec
         (
             "100_index_field_not_renderable.yaml",
             "config/100_index_field_not_renderable.yaml:18:11: spec.indexes[0].fields[0]: after column 'name', "
-            "expected [opclass] [ASC|DESC] [NULLS FIRST|LAST], found 'varchar_pattern_ops extra'",
+            "expected [COLLATE collation] [opclass] [ASC|DESC] [NULLS FIRST|LAST], found 'varchar_pattern_ops extra'",
         ),
         (
             "101_identity_constraint_rules.yaml",

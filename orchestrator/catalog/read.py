@@ -137,7 +137,10 @@ WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p')
 """
 
 # Every index column, keys first then INCLUDE columns (indnkeyatts tells where keys end); an expression key
-# (indkey 0) is printed by pg_get_indexdef(index, position, pretty). A key is followed by its operator class when
+# (indkey 0) is printed by pg_get_indexdef(index, position, pretty). A key is followed by COLLATE "name" when its
+# collation (indcollation) is not the key's own, which is what pg_get_indexdef decides for the whole index: for a
+# column its attcollation; for an expression the collation the expression derives, which SQL cannot see, so the
+# key takes COLLATE when the full definition prints one right after that key. Then its operator class when
 # that is not the default one, then DESC, then NULLS FIRST/LAST when not the direction's default (indoption bit 1
 # is DESC, bit 2 NULLS FIRST). An index that backs a UNIQUE constraint says so (conindid), with its deferrability.
 _INDEXES = """
@@ -145,6 +148,18 @@ SELECT n.nspname::text, c.relname::text, ic.relname::text, i.indisunique, am.amn
        ARRAY(SELECT CASE WHEN i.indkey[k] = 0 THEN pg_catalog.pg_get_indexdef(i.indexrelid, k + 1, true)
                          ELSE (SELECT a.attname::text FROM pg_catalog.pg_attribute a
                                WHERE a.attrelid = i.indrelid AND a.attnum = i.indkey[k]) END
+                    || CASE WHEN k >= i.indnkeyatts OR coll.oid IS NULL THEN ''
+                            WHEN i.indkey[k] <> 0 AND coll.oid = (SELECT a.attcollation FROM pg_catalog.pg_attribute a
+                                 WHERE a.attrelid = i.indrelid AND a.attnum = i.indkey[k]) THEN ''
+                            WHEN i.indkey[k] = 0 AND strpos(pg_catalog.pg_get_indexdef(i.indexrelid, 0, true),
+                                 pg_catalog.pg_get_indexdef(i.indexrelid, k + 1, true) || ' COLLATE ') = 0
+                                 AND strpos(pg_catalog.pg_get_indexdef(i.indexrelid, 0, true),
+                                 '(' || pg_catalog.pg_get_indexdef(i.indexrelid, k + 1, true) || ') COLLATE ') = 0
+                                 THEN ''
+                            ELSE ' COLLATE ' || CASE WHEN con_ns.nspname = 'pg_catalog' THEN ''
+                                 ELSE '"' || replace(con_ns.nspname, '"', '""') || '".' END
+                                 || '"' || replace(coll.collname, '"', '""') || '"'
+                       END
                     || CASE WHEN k >= i.indnkeyatts OR opc.opcdefault THEN ''
                             WHEN ocn.nspname = 'pg_catalog' THEN ' ' || pg_catalog.quote_ident(opc.opcname)
                             ELSE ' ' || pg_catalog.quote_ident(ocn.nspname) || '.'
@@ -158,6 +173,8 @@ SELECT n.nspname::text, c.relname::text, ic.relname::text, i.indisunique, am.amn
              FROM generate_series(0, i.indnatts - 1) AS k
              LEFT JOIN pg_catalog.pg_opclass opc ON k < i.indnkeyatts AND opc.oid = i.indclass[k]
              LEFT JOIN pg_catalog.pg_namespace ocn ON ocn.oid = opc.opcnamespace
+             LEFT JOIN pg_catalog.pg_collation coll ON k < i.indnkeyatts AND coll.oid = i.indcollation[k]
+             LEFT JOIN pg_catalog.pg_namespace con_ns ON con_ns.oid = coll.collnamespace
              ORDER BY k),
        pg_catalog.pg_get_expr(i.indpred, i.indrelid, true), NOT i.indnullsnotdistinct,
        con.oid IS NOT NULL, coalesce(con.condeferrable, false), coalesce(con.condeferred, false)

@@ -241,7 +241,7 @@ def _(op: ops.CreateIndex) -> list[sql.Composable | str]:
 
 def _index_field(text: str) -> sql.Composable:
     """A column is quoted; an expression is the user's SQL, parenthesised as PostgreSQL requires; then the
-    operator class (quoted, schema-qualified if given) and the ordering (see ``indexfield``)."""
+    collation and the operator class (quoted, schema-qualified if given) and the ordering (see ``indexfield``)."""
     try:
         field = indexfield.parse(text)
     except indexfield.FieldError:  # validated by an older version (a snapshot): an expression, as it rendered then
@@ -250,8 +250,10 @@ def _index_field(text: str) -> sql.Composable:
         parts: list[sql.Composable] = [sql.Identifier(field.column)]
     else:
         parts = [sql.SQL("({})").format(user_sql(str(field.expression)))]
+    if field.collation:
+        parts.append(sql.SQL("COLLATE {}").format(sql.Identifier(*field.collation)))
     if field.opclass:
-        parts.append(sql.Identifier(*field.opclass.split(".")))
+        parts.append(sql.Identifier(*field.opclass))
     if field.descending:
         parts.append(sql.SQL("DESC"))
     if field.nulls:

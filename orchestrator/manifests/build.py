@@ -596,7 +596,7 @@ class _References:
             problem(
                 ("column",),
                 f"{target.name}.{column} is neither the primary key nor a unique identity; "
-                "PostgreSQL needs one of them to reference it",
+                f"PostgreSQL needs one of them to reference it{_not_unique_hint(target, (column,))}",
             )
         if _comparable(attribute.type) != _comparable(target_column.type):
             problem((), f"type {attribute.type} does not match {target.name}.{column} ({target_column.type})")
@@ -719,7 +719,8 @@ class _References:
             problem(
                 where,
                 f"{target.name} ({', '.join(ref_columns)}) is neither the primary key nor a unique identity; "
-                "PostgreSQL needs a unique constraint or index on exactly these columns to reference them",
+                "PostgreSQL needs a unique constraint or index on exactly these columns to reference them"
+                + _not_unique_hint(target, ref_columns),
             )
             return None
         return ref_columns
@@ -773,26 +774,58 @@ _DEFERRABLE: dict[Any, model.Deferrable] = {
 
 
 def _is_unique(table: model.Table, column: str) -> bool:
-    if table.primary_key == (column,):
-        return True
-    # a unique index or UNIQUE constraint; PostgreSQL refuses a deferrable one as a foreign key's target
-    identities = any(i.keys == (column,) and i.where is None and i.deferrable == "no" for i in table.identities)
-    # a CONCURRENTLY index is built after the migration that would add the foreign key, so it cannot back one
-    indexes = any(i.unique and i.fields == (column,) and i.where is None and not i.concurrently for i in table.indexes)
-    return identities or indexes
+    return _is_unique_set(table, (column,))
 
 
 def _is_unique_set(table: model.Table, columns: tuple[str, ...]) -> bool:
     """Is there a primary key, identity or unique index (not partial, not deferrable, not built concurrently
-    after the migration) on exactly ``columns``, in any order? That is what PostgreSQL looks for."""
+    after the migration) on exactly ``columns``, in any order? That is what PostgreSQL looks for; an index's
+    ordering (DESC, NULLS) does not matter, its collation or operator class does (see ``_plain_key_columns``)."""
     wanted = set(columns)
     if set(table.primary_key) == wanted and len(table.primary_key) == len(columns):
         return True
-    identities = any(set(i.keys) == wanted and i.where is None and i.deferrable == "no" for i in table.identities)
+    # a unique index or UNIQUE constraint; PostgreSQL refuses a deferrable one as a foreign key's target
+    identities = any(
+        set(i.keys) == wanted and len(i.keys) == len(columns) and i.where is None and i.deferrable == "no"
+        for i in table.identities
+    )
     indexes = any(
-        i.unique and set(i.fields) == wanted and i.where is None and not i.concurrently for i in table.indexes
+        (found := _plain_key_columns(i)) is not None and set(found) == wanted and len(found) == len(columns)
+        for i in _unique_index_candidates(table)
     )
     return identities or indexes
+
+
+def _unique_index_candidates(table: model.Table) -> list[model.Index]:
+    # a CONCURRENTLY index is built after the migration that would add the foreign key, so it cannot back one
+    return [i for i in table.indexes if i.unique and i.where is None and not i.concurrently]
+
+
+def _plain_key_columns(index: model.Index) -> tuple[str, ...] | None:
+    """The columns of an index whose fields are all columns with at most an ordering; None otherwise (an
+    expression, or a collation or operator class that may not give the column type's equality)."""
+    found = []
+    for text in index.fields:
+        try:
+            field = indexfield.parse(text)
+        except indexfield.FieldError:
+            return None
+        if field.column is None or field.collation or field.opclass:
+            return None
+        found.append(field.column)
+    return tuple(found)
+
+
+def _not_unique_hint(table: model.Table, columns: tuple[str, ...]) -> str:
+    """Why a unique index on these columns does not count: it has a collation or an operator class."""
+    for index in _unique_index_candidates(table):
+        named = [indexfield.column_of(f) for f in index.fields]
+        if set(named) == set(columns) and len(named) == len(columns) and _plain_key_columns(index) is None:
+            return (
+                f" (unique index {index.name!r} is on these columns but with a collation or operator class, "
+                "which a foreign key cannot rely on; add an identity on the plain columns)"
+            )
+    return ""
 
 
 def _comparable(type_: str) -> str:
