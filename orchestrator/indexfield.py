@@ -25,6 +25,8 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 
+from orchestrator import pgtypes
+
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _PLAIN_LOWER = re.compile(r"[a-z_][a-z0-9_]*")
 _TOKEN = re.compile(
@@ -34,6 +36,40 @@ _TOKEN = re.compile(
 _DIRECTIONS = {"ASC", "DESC"}
 _NULLS = {"FIRST", "LAST"}
 _SUFFIX_WORDS = _DIRECTIONS | {"NULLS", "COLLATE"}
+
+# pg_opclass WHERE opcdefault for btree (hash has the same names) by the model's base type names.
+_DEFAULT_OPCLASSES = {
+    "smallint": "int2_ops",
+    "smallserial": "int2_ops",
+    "integer": "int4_ops",
+    "serial": "int4_ops",
+    "bigint": "int8_ops",
+    "bigserial": "int8_ops",
+    "text": "text_ops",
+    "varchar": "text_ops",
+    "character varying": "text_ops",
+    "char": "bpchar_ops",
+    "character": "bpchar_ops",
+    "boolean": "bool_ops",
+    "uuid": "uuid_ops",
+    "date": "date_ops",
+    "timestamptz": "timestamptz_ops",
+    "timestamp with time zone": "timestamptz_ops",
+    "timestamp": "timestamp_ops",
+    "timestamp without time zone": "timestamp_ops",
+    "time": "time_ops",
+    "time without time zone": "time_ops",
+    "timetz": "timetz_ops",
+    "time with time zone": "timetz_ops",
+    "interval": "interval_ops",
+    "numeric": "numeric_ops",
+    "real": "float4_ops",
+    "double precision": "float8_ops",
+    "bytea": "bytea_ops",
+    "jsonb": "jsonb_ops",
+    "inet": "inet_ops",
+    "money": "money_ops",
+}
 
 # Words that may stand next to another word in an expression (``a IS NOT NULL``, ``x::character varying``,
 # ``CASE WHEN a THEN b END``, ``ts AT TIME ZONE 'UTC'``): two words in a row are an error only when neither is one.
@@ -144,7 +180,18 @@ def parse(text: str, columns: Collection[str] | None = None) -> Field:
             f"{column!r} is not a column of this table{hint}, and {text!r} is not an expression: a field is "
             "'<column> [COLLATE collation] [opclass] [ASC|DESC] [NULLS FIRST|LAST]' or an SQL expression"
         )
-    return replace(_suffix(words[1:], f"column {column!r}"), column=column)
+    found = _suffix(words[1:], f"column {column!r}")
+    # the format gives no column a collation of its own, so COLLATE "default" on a column changes nothing
+    collation = None if found.collation == ("default",) else found.collation
+    return replace(found, column=column, collation=collation)
+
+
+def default_opclass(type_: str, using: str) -> str | None:
+    """The operator class PostgreSQL picks for a column of canonical type ``type_`` in a btree or hash index
+    (the catalog reader leaves it out, so the model does too), when this module knows it."""
+    if using not in ("btree", "hash") or type_.endswith("]"):
+        return None
+    return _DEFAULT_OPCLASSES.get(pgtypes.base_type(type_))
 
 
 def canonical(text: str, columns: Collection[str] | None = None) -> str:
@@ -320,7 +367,13 @@ def _expression(text: str, tokens: list[str]) -> Field:
     tail = [t for t in tokens[close + 1 :] if not t.isspace()] if close >= 0 else []
     if close >= 0 and tail and _suffix_like(tail):
         head = "".join(tokens[: close + 1]).strip()
-        return replace(_suffix(tail, f"the expression {head!r}"), expression=head)
+        found = _suffix(tail, f"the expression {head!r}")
+        if found.collation == ("default",):
+            raise FieldError(
+                f'{text!r}: COLLATE "default" after an expression is what PostgreSQL derives for it unless the '
+                "expression has a COLLATE inside; leave it out, or write the collation inside the expression"
+            )
+        return replace(found, expression=head)
     _check_top_level(text, tokens)
     return Field(expression=text)
 

@@ -187,6 +187,7 @@ class _TableBuilder:
         self.repos = repos
         self.problems = problems
         self.references: dict[str, tuple[Path_, dict[str, Any]]] = {}
+        self._types: dict[str, str] = {}
 
     def problem(self, path: Path_, message: str) -> None:
         self.problems.append(self.doc.problem(("spec", *path), message))
@@ -197,6 +198,7 @@ class _TableBuilder:
         self._check_repo(multitenancy)
         attributes = self._attributes()
         columns = {a.name for a in attributes}
+        self._types = {a.name: a.type for a in attributes}
         self._check_tenant_column(multitenancy, attributes)
         primary_key = self._primary_key(attributes, columns)
         attributes = tuple(
@@ -421,16 +423,20 @@ class _TableBuilder:
         Return the fields and whether all of them could be read."""
         parsed = []
         readable = True
+        using = raw.get("using", "btree")
         for j, text in enumerate(raw["fields"]):
             try:
                 found = indexfield.parse(str(text), columns)
             except indexfield.FieldError as exc:
                 self.problem((*path, "fields", j), str(exc))
                 found, readable = indexfield.Field(expression=str(text).strip()), False
+            type_ = self._types.get(str(found.column))
+            if found.opclass and type_ and found.opclass == (indexfield.default_opclass(type_, using) or "",):
+                found = replace(found, opclass=None)  # the default: the catalog shows no operator class
             if found.column is not None and found.column not in columns:
                 name = found.column
                 self.problem((*path, "fields", j), f"unknown column {name!r}{_did_you_mean(name, columns)}")
-            if (found.descending or found.nulls) and raw.get("using", "btree") != "btree":
+            if (found.descending or found.nulls) and using != "btree":
                 self.problem((*path, "fields", j), f"ordering (DESC, NULLS) needs a btree index, not {raw['using']}")
             parsed.append(found)
         return parsed, readable
