@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from orchestrator import config
+from orchestrator import config, model
 from orchestrator.catalog import compare, read
 from orchestrator.errors import ConfigError
 from tests import catalog
@@ -107,7 +107,7 @@ INVALID: list[tuple[str, str]] = [
 ]
 
 
-def _load(tmp_path: Path, fields: list[str]) -> tuple[config.model.Config | None, list[str]]:
+def _load(tmp_path: Path, fields: list[str]) -> tuple[model.Config | None, list[str]]:
     indexes = "  indexes:\n" + "".join(
         f"    - {{name: posts_f{i}, fields: [{_yaml(f)}]}}\n" for i, f in enumerate(fields)
     )
