@@ -240,7 +240,7 @@ def read_schemas(conn: psycopg.Connection[Any], schemas: Collection[str]) -> dic
     """Return schema -> table name -> table for every schema of ``schemas`` that has tables.
 
     One query per kind of object for all the schemas at once, so reading thousands of tenant schemas costs
-    six round trips, not six per tenant."""
+    seven round trips, not seven per tenant."""
     rows = _fetch(conn, sorted(schemas))
     columns = _group(rows["columns"], _column)
     primary_keys = {(r[0], r[1]): PrimaryKey(r[2], tuple(r[3])) for r in rows["primary_keys"]}
