@@ -254,16 +254,13 @@ def test_snapshots_leave_out_an_empty_list_and_read_keys_back(tmp_path: Path) ->
     assert [op.table for op in created] == ["public.posts", "public.comments"]
 
 
-
 P_COLUMNS = (
     "    - {name: id, type: bigint, primaryKey: true}\n"
     "    - {name: a, type: %s, allowNull: false}\n"
     "    - {name: b, type: integer, allowNull: false}\n"
 )
 C_COLUMNS = (
-    "    - {name: id, type: bigint, primaryKey: true}\n"
-    "    - {name: pa, type: %s}\n"
-    "    - {name: pb, type: integer}\n"
+    "    - {name: id, type: bigint, primaryKey: true}\n    - {name: pa, type: %s}\n    - {name: pb, type: integer}\n"
 )
 
 

@@ -339,4 +339,3 @@ class _Import:
             check = baseline.check_tenants(self.conn, template, catalog.get(template, {}), self.tenants)
         self.report.tenants = check
         baseline.record(self.conn, global_files, tenant_files, check.matching if tenant_files else [])
-
