@@ -4,6 +4,7 @@ fixed by hand."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,15 @@ def gauge(daemon: Daemon) -> float | None:
     return None
 
 
+def promtool_problems(exposition: str) -> str:
+    """What Prometheus' own linter (``promtool check metrics``, Debian's prometheus package) says about the
+    exposition: "" when it accepts it (names, HELP/TYPE, units and suffixes)."""
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True, check=False, timeout=60
+    )
+    return "" if proc.returncode == 0 else (proc.stdout + proc.stderr).strip() or f"exit {proc.returncode}"
+
+
 def test_a_tenant_changed_by_hand_shows_as_drift_until_fixed(tmp_path: Path, database_url: str) -> None:
     manifests(tmp_path / "config")
     daemon = Daemon(tmp_path, database_url, tmp_path / "config", extra=("--drift-interval", "1s"))
@@ -44,6 +54,7 @@ def test_a_tenant_changed_by_hand_shows_as_drift_until_fixed(tmp_path: Path, dat
         assert target["differences"] == ["column acme.notes.note_of_hand: not in the model"]
         assert target["differences_count"] == 1
         eventually(lambda: gauge(daemon) == 1)
+        assert promtool_problems(daemon.get("/metrics")[1]) == ""
         code, page = daemon.get("/")
         assert code == 200 and "app/acme" in page and "column acme.notes.note_of_hand: not in the model" in page
         assert '"event": "drift.found"' in daemon.logged() and '"tenant": "acme"' in daemon.logged()

@@ -252,3 +252,48 @@ def test_snapshots_leave_out_an_empty_list_and_read_keys_back(tmp_path: Path) ->
         assert again.canonical_json() == table.canonical_json()
     created = order.order([ops.CreateTable(ops.Ref("public", t.name), t) for t in reversed(cfg.tables)])
     assert [op.table for op in created] == ["public.posts", "public.comments"]
+
+
+P_COLUMNS = (
+    "    - {name: id, type: bigint, primaryKey: true}\n"
+    "    - {name: a, type: %s, allowNull: false}\n"
+    "    - {name: b, type: integer, allowNull: false}\n"
+)
+C_COLUMNS = (
+    "    - {name: id, type: bigint, primaryKey: true}\n    - {name: pa, type: %s}\n    - {name: pb, type: integer}\n"
+)
+
+
+def parent(keys: str, identity: str, a_type: str = "integer") -> str:
+    return res("p", "p", P_COLUMNS % a_type, f"  identities:\n    - {{name: unique_ab, keys: {keys}, {identity}}}\n")
+
+
+def child(columns: str, ref_columns: str, pa_type: str = "integer") -> str:
+    key = f"  foreignKeys:\n    - columns: {columns}\n      references: {{resource: p, columns: {ref_columns}}}\n"
+    return res("c", "c", C_COLUMNS % pa_type, key)
+
+
+@pytest.mark.parametrize("width", [2, 1])
+def test_keys_to_a_unique_constraint_follow_its_changes(project: Project, width: int) -> None:
+    """A table-level key depends on the referenced unique index (constraint or not): switching between a UNIQUE
+    constraint and a bare index, rebuilding the index or changing a referenced column's type drops the key first
+    and adds it again last (NOT VALID, then VALIDATE), every step rolled back; also for a one-column entry."""
+    keys, columns, fkey = ("[a, b]", "[pa, pb]", "c_pa_pb_fkey") if width == 2 else ("[a]", "[pa]", "c_pa_fkey")
+    project.step(parent(keys, "constraint: true"), child(columns, keys))
+    project.execute("INSERT INTO p VALUES (1, 1, 1)")
+    project.execute("INSERT INTO c VALUES (1, 1, 1)")
+    steps = [
+        (parent(keys, "nullsDistinct: true"), child(columns, keys)),  # constraint -> bare index
+        (parent(keys, "constraint: true"), child(columns, keys)),  # bare index -> constraint
+        (parent(keys, "constraint: true, nullsDistinct: false"), child(columns, keys)),  # the index rebuilt
+        (parent(keys, "nullsDistinct: false", "bigint"), child(columns, keys, "bigint")),  # and types change
+    ]
+    if width == 2:  # the key order of the index changes: rebuilt
+        steps.append((parent("[b, a]", "nullsDistinct: false", "bigint"), child(columns, keys, "bigint")))
+    for parent_yaml, child_yaml in steps:
+        plan = project.step(parent_yaml, child_yaml, allow_blocking=True)
+        assert kinds(plan)[0] == "DropForeignKey", kinds(plan)
+        assert kinds(plan)[-2:] == ["AddForeignKey", "ValidateConstraint"], kinds(plan)
+        assert validated(project, fkey)
+    for _ in range(len(steps) + 1):
+        project.undo()

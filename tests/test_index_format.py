@@ -148,6 +148,9 @@ def test_unique_constraint_added_online_switched_and_dropped(project: Project) -
     back = switched.replace(", constraint: true}", "}")
     plan = project.step(res("user", "users", USERS, back), posts)  # constraint -> bare index: rebuilt online
     assert any('CREATE UNIQUE INDEX CONCURRENTLY "users_org_index"' in m.text for m in plan.migrations)
+    # uniqueness is not enforced between the DROP CONSTRAINT (step 1) and the rebuild: the header and plan say so
+    gap = "UNIQUENESS NOT ENFORCED: users_org_index on public.users is dropped in step 1 and built again CONCURRENTLY"
+    assert gap in plan.migrations[0].text and any(gap in w for w in plan.warnings), plan.migrations[0].text
     assert set(constraints(project)) == {"users_email_index"}
 
     plan = project.step(res("user", "users", USERS), allow_destructive=True)

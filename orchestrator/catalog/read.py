@@ -10,6 +10,7 @@ so what is qualified does not depend on the caller's session: public objects pri
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
@@ -136,46 +137,10 @@ JOIN pg_catalog.pg_constraint con ON con.conrelid = c.oid AND con.contype = 'p'
 WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p')
 """
 
-# Every index column, keys first then INCLUDE columns (indnkeyatts tells where keys end); an expression key
-# (indkey 0) is printed by pg_get_indexdef(index, position, pretty). A key is followed by COLLATE "name" when its
-# collation (indcollation) is not the key's own, which is what pg_get_indexdef decides for the whole index: for a
-# column its attcollation; for an expression the collation the expression derives, which SQL cannot see, so the
-# key takes COLLATE when the full definition prints one right after that key. Then its operator class when
-# that is not the default one, then DESC, then NULLS FIRST/LAST when not the direction's default (indoption bit 1
-# is DESC, bit 2 NULLS FIRST). An index that backs a UNIQUE constraint says so (conindid), with its deferrability.
+# One row per index, its columns (keys and INCLUDE columns) read by _INDEX_KEYS. An index that backs a UNIQUE
+# constraint says so (conindid), with its deferrability.
 _INDEXES = """
 SELECT n.nspname::text, c.relname::text, ic.relname::text, i.indisunique, am.amname::text, i.indnkeyatts,
-       ARRAY(SELECT CASE WHEN i.indkey[k] = 0 THEN pg_catalog.pg_get_indexdef(i.indexrelid, k + 1, true)
-                         ELSE (SELECT a.attname::text FROM pg_catalog.pg_attribute a
-                               WHERE a.attrelid = i.indrelid AND a.attnum = i.indkey[k]) END
-                    || CASE WHEN k >= i.indnkeyatts OR coll.oid IS NULL THEN ''
-                            WHEN i.indkey[k] <> 0 AND coll.oid = (SELECT a.attcollation FROM pg_catalog.pg_attribute a
-                                 WHERE a.attrelid = i.indrelid AND a.attnum = i.indkey[k]) THEN ''
-                            WHEN i.indkey[k] = 0 AND strpos(pg_catalog.pg_get_indexdef(i.indexrelid, 0, true),
-                                 pg_catalog.pg_get_indexdef(i.indexrelid, k + 1, true) || ' COLLATE ') = 0
-                                 AND strpos(pg_catalog.pg_get_indexdef(i.indexrelid, 0, true),
-                                 '(' || pg_catalog.pg_get_indexdef(i.indexrelid, k + 1, true) || ') COLLATE ') = 0
-                                 THEN ''
-                            ELSE ' COLLATE ' || CASE WHEN con_ns.nspname = 'pg_catalog' THEN ''
-                                 ELSE '"' || replace(con_ns.nspname, '"', '""') || '".' END
-                                 || '"' || replace(coll.collname, '"', '""') || '"'
-                       END
-                    || CASE WHEN k >= i.indnkeyatts OR opc.opcdefault THEN ''
-                            WHEN ocn.nspname = 'pg_catalog' THEN ' ' || pg_catalog.quote_ident(opc.opcname)
-                            ELSE ' ' || pg_catalog.quote_ident(ocn.nspname) || '.'
-                                     || pg_catalog.quote_ident(opc.opcname)
-                       END
-                    || CASE WHEN k >= i.indnkeyatts THEN ''
-                            WHEN i.indoption[k] & 3 = 3 THEN ' DESC'
-                            WHEN i.indoption[k] & 3 = 1 THEN ' DESC NULLS LAST'
-                            WHEN i.indoption[k] & 3 = 2 THEN ' NULLS FIRST'
-                            ELSE '' END
-             FROM generate_series(0, i.indnatts - 1) AS k
-             LEFT JOIN pg_catalog.pg_opclass opc ON k < i.indnkeyatts AND opc.oid = i.indclass[k]
-             LEFT JOIN pg_catalog.pg_namespace ocn ON ocn.oid = opc.opcnamespace
-             LEFT JOIN pg_catalog.pg_collation coll ON k < i.indnkeyatts AND coll.oid = i.indcollation[k]
-             LEFT JOIN pg_catalog.pg_namespace con_ns ON con_ns.oid = coll.collnamespace
-             ORDER BY k),
        pg_catalog.pg_get_expr(i.indpred, i.indrelid, true), NOT i.indnullsnotdistinct,
        con.oid IS NOT NULL, coalesce(con.condeferrable, false), coalesce(con.condeferred, false)
 FROM pg_catalog.pg_class c
@@ -185,6 +150,50 @@ JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
 JOIN pg_catalog.pg_am am ON am.oid = ic.relam
 LEFT JOIN pg_catalog.pg_constraint con
        ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid AND con.contype = 'u'
+WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p')
+"""
+
+# One row per index column (a flat join: correlated per-column subqueries made this the slowest catalog query
+# over thousands of schemas), keys first then INCLUDE columns (indnkeyatts tells where keys end); an expression
+# key (indkey 0) is printed by pg_get_indexdef(index, position, pretty). A key is followed by COLLATE "name" when
+# its collation (indcollation) is not the key's own, as pg_get_indexdef decides for the whole index: for a column
+# its attcollation; for an expression the collation the expression derives, which SQL cannot see, so the key
+# takes COLLATE when the index's full definition prints one right after that key. Then its operator class
+# when that is not the default one, then DESC, then NULLS FIRST/LAST when not the direction's default (indoption
+# bit 1 is DESC, bit 2 NULLS FIRST).
+_INDEX_KEYS = """
+SELECT n.nspname::text, ic.relname::text, k.ord,
+       CASE WHEN k.attnum = 0 THEN pg_catalog.pg_get_indexdef(i.indexrelid, k.ord::int, true)
+            ELSE a.attname::text END
+       || CASE WHEN k.ord > i.indnkeyatts OR coll.oid IS NULL THEN ''
+               WHEN k.attnum <> 0 AND coll.oid = a.attcollation THEN ''
+               WHEN k.attnum = 0 AND strpos(pg_catalog.pg_get_indexdef(i.indexrelid, 0, true),
+                    pg_catalog.pg_get_indexdef(i.indexrelid, k.ord::int, true) || ' COLLATE ') = 0
+                    AND strpos(pg_catalog.pg_get_indexdef(i.indexrelid, 0, true),
+                    '(' || pg_catalog.pg_get_indexdef(i.indexrelid, k.ord::int, true) || ') COLLATE ') = 0 THEN ''
+               ELSE ' COLLATE ' || CASE WHEN colln.nspname = 'pg_catalog' THEN ''
+                                        ELSE '"' || replace(colln.nspname, '"', '""') || '".' END
+                    || '"' || replace(coll.collname, '"', '""') || '"'
+          END
+       || CASE WHEN k.ord > i.indnkeyatts OR opc.opcdefault THEN ''
+               WHEN ocn.nspname = 'pg_catalog' THEN ' ' || pg_catalog.quote_ident(opc.opcname)
+               ELSE ' ' || pg_catalog.quote_ident(ocn.nspname) || '.' || pg_catalog.quote_ident(opc.opcname)
+          END
+       || CASE WHEN k.ord > i.indnkeyatts THEN ''
+               WHEN i.indoption[k.ord - 1] & 3 = 3 THEN ' DESC'
+               WHEN i.indoption[k.ord - 1] & 3 = 1 THEN ' DESC NULLS LAST'
+               WHEN i.indoption[k.ord - 1] & 3 = 2 THEN ' NULLS FIRST'
+               ELSE '' END
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND NOT i.indisprimary
+JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+LEFT JOIN pg_catalog.pg_opclass opc ON k.ord <= i.indnkeyatts AND opc.oid = i.indclass[k.ord - 1]
+LEFT JOIN pg_catalog.pg_namespace ocn ON ocn.oid = opc.opcnamespace
+LEFT JOIN pg_catalog.pg_collation coll ON k.ord <= i.indnkeyatts AND coll.oid = i.indcollation[k.ord - 1]
+LEFT JOIN pg_catalog.pg_namespace colln ON colln.oid = coll.collnamespace
 WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p')
 """
 
@@ -221,6 +230,7 @@ _QUERIES = {
     "columns": _COLUMNS,
     "primary_keys": _PRIMARY_KEYS,
     "indexes": _INDEXES,
+    "index_keys": _INDEX_KEYS,
     "foreign_keys": _FOREIGN_KEYS,
     "checks": _CHECKS,
 }
@@ -245,11 +255,14 @@ def read_schemas(conn: psycopg.Connection[Any], schemas: Collection[str]) -> dic
     """Return schema -> table name -> table for every schema of ``schemas`` that has tables.
 
     One query per kind of object for all the schemas at once, so reading thousands of tenant schemas costs
-    six round trips, not six per tenant."""
+    seven round trips, not seven per tenant."""
     rows = _fetch(conn, sorted(schemas))
     columns = _group(rows["columns"], _column)
     primary_keys = {(r[0], r[1]): PrimaryKey(r[2], tuple(r[3])) for r in rows["primary_keys"]}
-    indexes = _group(rows["indexes"], _index)
+    index_keys = _index_keys(rows["index_keys"])
+    indexes: dict[tuple[str, str], list[Index]] = {}
+    for row in rows["indexes"]:
+        indexes.setdefault((row[0], row[1]), []).append(_index(row[2:], index_keys.get((row[0], row[2]), [])))
     foreign_keys = _group(rows["foreign_keys"], _foreign_key)
     checks = _group(rows["checks"], lambda r: Check(r[0], r[1]))
     found: dict[str, dict[str, CatalogTable]] = {}
@@ -306,8 +319,10 @@ def _column(row: Sequence[Any]) -> Column:
     return Column(name, type_, not_null, default, _IDENTITY[identity])
 
 
+@functools.lru_cache(maxsize=4096)
 def _canonical_type(type_text: str, type_schema: str, type_name: str, is_array: bool) -> str:
-    """Return the type as the model spells it; a type PostgreSQL prints bare from public gets its schema."""
+    """Return the type as the model spells it; a type PostgreSQL prints bare from public gets its schema.
+    Cached: thousands of tenant schemas repeat the same few types."""
     candidates = [type_text]
     if type_schema != "pg_catalog":
         candidates.append(f"{type_schema}.{type_name}{'[]' if is_array else ''}")
@@ -319,8 +334,16 @@ def _canonical_type(type_text: str, type_schema: str, type_name: str, is_array: 
     return type_text
 
 
-def _index(row: Sequence[Any]) -> Index:
-    name, unique, method, key_count, columns, predicate, nulls_distinct, constraint, deferrable, deferred = row
+def _index_keys(rows: Iterable[Sequence[Any]]) -> dict[tuple[str, str], list[str]]:
+    """Return (schema, index) -> its columns in order, from the rows of ``_INDEX_KEYS``."""
+    found: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for schema, index, position, key in rows:
+        found.setdefault((schema, index), []).append((position, key))
+    return {name: [key for _, key in sorted(keys)] for name, keys in found.items()}
+
+
+def _index(row: Sequence[Any], columns: Sequence[str]) -> Index:
+    name, unique, method, key_count, predicate, nulls_distinct, constraint, deferrable, deferred = row
     return Index(
         name=name,
         unique=unique,

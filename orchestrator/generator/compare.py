@@ -640,5 +640,7 @@ def _set_backing(table: model.Table, columns: tuple[str, ...]) -> object:
         return ("pkey", table.primary_key)
     for spec in index_specs(table):
         if spec.unique and set(spec.columns) == set(columns) and spec.where is None:
-            return (spec.name, spec.nulls_distinct, spec.using)
+            # a UNIQUE constraint attached or detached counts, as in ``_backing``: its DROP CONSTRAINT fails
+            # under a key that depends on the index
+            return (spec.name, spec.nulls_distinct, spec.using, spec.columns, spec.constraint)
     return None

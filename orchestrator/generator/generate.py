@@ -269,10 +269,12 @@ def _emit(
     sources = ", ".join(sorted(resources)) or f"repo {repo.name}"
     created = {op.table for op in ordered if isinstance(op, ops.CreateTable)}
     planned = online.steps(ordered, online=repo.online_safe)
+    gaps = _unenforced(planned)
+    result.warnings += [f"{repo.name}: {line}" for lines in gaps.values() for line in lines]
     for number, step in enumerate(planned, start=1):
         file = Path(path) / f"{version}_{name}{step.suffix}.sql"
         where = f"step {number} of {len(planned)}: {_STEP_TITLES[step.suffix]}" if len(planned) > 1 else None
-        text = _migration_text(step, sources, created, where)
+        text = _migration_text(step, sources, created, where, gaps.get(number, []))
         result.migrations.append(Migration(file, repo.name, scope, step.operations, text))
         version = _next(version)
     return version
@@ -286,7 +288,38 @@ _STEP_TITLES = {
 }
 
 
-def _migration_text(step: online.Step, sources: str, created: set[str], where: str | None) -> str:
+def _unenforced(planned: Sequence[online.Step]) -> dict[int, list[str]]:
+    """Step number -> notes for the unique indexes (UNIQUE constraints included) the step drops and a later step
+    builds again CONCURRENTLY (a constraint switched to a bare index or back, its deferrability or definition
+    changed): in between nothing enforces uniqueness, which the header and the plan say explicitly."""
+    notes: dict[int, list[str]] = {}
+    for number, step in enumerate(planned, start=1):
+        for op in step.operations:
+            if not isinstance(op, ops.DropIndex) or op.concurrently or not op.index.unique:
+                continue
+            later = next(
+                (
+                    n
+                    for n, other in enumerate(planned[number:], start=number + 1)
+                    for o in other.operations
+                    if isinstance(o, ops.CreateIndex)
+                    and o.concurrent
+                    and (o.table, o.index.name) == (op.table, op.index.name)
+                ),
+                None,
+            )
+            if later is not None:
+                notes.setdefault(number, []).append(
+                    f"UNIQUENESS NOT ENFORCED: {op.index.name} on {op.ref} is dropped in step {number} and built "
+                    f"again CONCURRENTLY in step {later}; rows written in between may be duplicates (the build then "
+                    "fails on them)"
+                )
+    return notes
+
+
+def _migration_text(
+    step: online.Step, sources: str, created: set[str], where: str | None, gaps: Sequence[str] = ()
+) -> str:
     from orchestrator.generator import render  # psycopg is imported only when there is something to render
 
     operations = step.operations
@@ -294,6 +327,7 @@ def _migration_text(step: online.Step, sources: str, created: set[str], where: s
     lines += [f"-- {where}" for _ in [where] if where]
     width = max(len(op.describe()) for op in operations)
     lines += [f"-- {op.describe():<{width}}  [{locks.note(op, created, _rewrites)}]" for op in operations]
+    lines += [f"-- {gap}" for gap in gaps]
     flag = "" if step.transactional else " transaction:false"
     lines.append(f"-- migrate:up{flag}")
     lines += [f"{statement};\n" for op in operations for statement in render.statements(op)]

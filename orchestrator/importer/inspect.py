@@ -56,6 +56,10 @@ class Extras:
     """(schema, table, column) -> the name of the sequence the column owns (a serial column)."""
     collations: dict[tuple[str, str, str], str] = field(default_factory=dict)
     """(schema, table, column) -> a collation other than the type's default."""
+    not_valid_keys: set[tuple[str, str, str]] = field(default_factory=set)
+    """(schema, table, constraint) of foreign keys added NOT VALID and never validated."""
+    identity_options: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    """(schema, table, column) -> the identity's sequence options that differ from the defaults, as SQL."""
 
 
 def list_schemas(conn: psycopg.Connection[Any]) -> list[str]:
@@ -157,6 +161,42 @@ WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p') AND a.attnum > 0 
   AND a.attcollation <> 0 AND a.attcollation <> t.typcollation
 """
 
+_NOT_VALID_KEYS = """
+SELECT n.nspname::text, c.relname::text, con.conname::text
+FROM pg_catalog.pg_constraint con JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = ANY(%(schemas)s) AND con.contype = 'f' AND NOT con.convalidated
+"""
+
+# An identity's sequence options other than what GENERATED ... AS IDENTITY gives without options (a manifest
+# cannot say them): START/MINVALUE 1 (MAXVALUE/-1 descending), INCREMENT 1, MAXVALUE the type's, CACHE 1, NO CYCLE.
+_IDENTITY_OPTIONS = """
+SELECT n.nspname::text, t.relname::text, a.attname::text,
+       concat_ws(' ',
+         CASE WHEN q.seqstart <> CASE WHEN q.seqincrement > 0 THEN q.seqmin ELSE q.seqmax END
+              THEN 'START ' || q.seqstart END,
+         CASE WHEN q.seqincrement <> 1 THEN 'INCREMENT ' || q.seqincrement END,
+         CASE WHEN q.seqmin <> CASE WHEN q.seqincrement > 0 THEN 1 ELSE lim.low END
+              THEN 'MINVALUE ' || q.seqmin END,
+         CASE WHEN q.seqmax <> CASE WHEN q.seqincrement > 0 THEN lim.high ELSE -1 END
+              THEN 'MAXVALUE ' || q.seqmax END,
+         CASE WHEN q.seqcache <> 1 THEN 'CACHE ' || q.seqcache END,
+         CASE WHEN q.seqcycle THEN 'CYCLE' END)
+FROM pg_catalog.pg_depend d
+JOIN pg_catalog.pg_sequence q ON q.seqrelid = d.objid
+JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
+CROSS JOIN LATERAL (SELECT CASE q.seqtypid WHEN 'pg_catalog.int2'::regtype THEN 32767
+                                           WHEN 'pg_catalog.int4'::regtype THEN 2147483647
+                                           ELSE 9223372036854775807 END::bigint AS high,
+                           CASE q.seqtypid WHEN 'pg_catalog.int2'::regtype THEN -32768
+                                           WHEN 'pg_catalog.int4'::regtype THEN -2147483648
+                                           ELSE -9223372036854775808 END::bigint AS low) lim
+WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+  AND d.deptype = 'i' AND a.attidentity <> '' AND n.nspname = ANY(%(schemas)s)
+"""
+
 _TYPE_KINDS = {"e": "enum", "d": "domain", "r": "range type", "c": "composite type"}
 _FUNCTION_KINDS = {"f": "function", "p": "procedure", "a": "aggregate", "w": "window function"}
 _RELATION_KINDS = {"v": "view", "m": "materialized view", "f": "foreign table", "S": "sequence"}
@@ -173,6 +213,8 @@ def read_extras(conn: psycopg.Connection[Any], schemas: Sequence[str]) -> Extras
     extras = Extras()
     extras.serial = {(r[0], r[1], r[2]): r[3] for r in rows["serial"]}
     extras.collations = {(r[0], r[1], r[2]): r[3] for r in rows["collations"]}
+    extras.not_valid_keys = {(r[0], r[1], r[2]) for r in rows["not_valid_keys"]}
+    extras.identity_options = {(r[0], r[1], r[2]): r[3] for r in rows["identity_options"] if r[3]}
     _relations(rows["relations"], extras)
     add = extras.unsupported.append
     for schema, table, name in rows["triggers"]:
@@ -226,4 +268,6 @@ _QUERIES = {
     "invalid_indexes": _INVALID_INDEXES,
     "types": _TYPES,
     "collations": _COLLATIONS,
+    "not_valid_keys": _NOT_VALID_KEYS,
+    "identity_options": _IDENTITY_OPTIONS,
 }

@@ -140,6 +140,13 @@ class _Builder:
             entry["allowNull"] = False
         if column.identity is not None:
             entry["generated"] = column.identity
+            options = self.ctx.extras.identity_options.get((self.table.schema, self.table.name, column.name))
+            if options:
+                self.note(
+                    "identity options",
+                    f"{self.table.name}.{column.name}",
+                    f"{options} is not kept (the new sequence has the defaults)",
+                )
         elif column.default is not None and not serial:
             entry.update(self._default(column))
         if reference is not None:
@@ -188,6 +195,8 @@ class _Builder:
             if fk.match == "partial":
                 self.note("foreign key", fk.name, "MATCH PARTIAL is not supported")
                 continue
+            if (self.table.schema, self.table.name, fk.name) in self.ctx.extras.not_valid_keys:
+                self.note("foreign key", fk.name, "NOT VALID: imported as a validated foreign key")
             if len(fk.columns) == 1 and fk.columns[0] not in single:
                 single[fk.columns[0]] = self._reference(fk, target)
             else:

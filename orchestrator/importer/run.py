@@ -22,7 +22,7 @@ import psycopg
 
 from orchestrator import config, db, model, tenants
 from orchestrator.catalog import read
-from orchestrator.errors import BadInputError, ConfigError, display_path
+from orchestrator.errors import BadInputError, ConfigError, Problem, display_path
 from orchestrator.importer import baseline, inspect, manifest, yamlout
 from orchestrator.importer.inspect import Unsupported
 from orchestrator.manifests import build, loader
@@ -143,9 +143,7 @@ class _Import:
         self.report.extensions = [e for e in inspect.extensions(self.conn) if e not in self.repo.extensions]
         self.report.unsupported += extras.unsupported
         chosen = self._choose(catalog, extras)
-        built = self._build(chosen, extras)
-        texts = self._render(built)
-        self._validate(texts)
+        texts = self._settle(chosen, extras)
         for imported, text in zip(self.report.written, texts, strict=True):
             imported.path.parent.mkdir(parents=True, exist_ok=True)
             imported.path.write_text(text)
@@ -217,20 +215,47 @@ class _Import:
 
     # -- writing ---------------------------------------------------------------------------------------------
 
+    def _settle(self, chosen: list[tuple[read.CatalogTable, str]], extras: inspect.Extras) -> list[str]:
+        """Build, render and validate the documents. A table whose own document does not validate (a default
+        name the format derives would be over 63 bytes, ...) is left out and listed with the reason; the others
+        are built again, so a key that referenced it is listed as not imported instead of written broken.
+        Problems in the existing config still stop the import."""
+        while True:
+            self.report.written = []
+            built = self._build(chosen, extras)
+            texts = self._render([table for table, _ in chosen], built)
+            problems = self._problems(texts)
+            if not problems:
+                break
+            files = {display_path(i.path, self.options.root): i for i in self.report.written}
+            if any(p.file not in files for p in problems):
+                raise ConfigError(problems)
+            failed = {files[p.file].key: p for p in reversed(problems)}
+            kept = []
+            for table, resource in chosen:
+                problem = failed.get(self._key(table))
+                if problem is None:
+                    kept.append((table, resource))
+                    continue
+                del self.targets[(table.schema, table.name)]
+                why = f"not imported: {problem.field}: {problem.message}" if problem.field else problem.message
+                self.report.unsupported.append(Unsupported("table", table.schema, table.name, why, table.name))
+            chosen = kept
+        for result in built:
+            self.report.unsupported += result.notes
+        taken = [i.path for i in self.report.written if i.path.exists()]
+        if taken:
+            shown = ", ".join(display_path(p, self.options.root) for p in taken)
+            raise BadInputError(f"import would overwrite {shown}; nothing was written (move them away first)")
+        return texts
+
     def _build(self, chosen: list[tuple[read.CatalogTable, str]], extras: inspect.Extras) -> list[manifest.Built]:
         ctx = manifest.Context(self.repo.name, self.report.template, self.targets, extras)
         built = []
         for table, resource in chosen:
             result = manifest.document(table, resource, ctx)
-            self.report.unsupported += result.notes
-            own = [u for u in extras.unsupported if (u.schema, u.table) == (table.schema, table.name)]
-            result.notes[:0] = own  # the header lists everything about the table that was not imported
             self.report.written.append(Imported(self._key(table), resource, self.out / self._file_name(table)))
             built.append(result)
-        taken = [i.path for i in self.report.written if i.path.exists()]
-        if taken:
-            shown = ", ".join(display_path(p, self.options.root) for p in taken)
-            raise BadInputError(f"import would overwrite {shown}; nothing was written (move them away first)")
         return built
 
     def _file_name(self, table: read.CatalogTable) -> str:
@@ -238,14 +263,15 @@ class _Import:
             return f"tenant.{table.name}.yaml"
         return f"{table.name}.yaml" if table.schema == "public" else f"{table.schema}.{table.name}.yaml"
 
-    def _render(self, built: list[manifest.Built]) -> list[str]:
+    def _render(self, tables: list[read.CatalogTable], built: list[manifest.Built]) -> list[str]:
         now = (self.options.now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M UTC")
         texts = []
-        for imported, result in zip(self.report.written, built, strict=True):
-            texts.append(yamlout.dump(result.document, self._header(imported, result, now)))
+        for imported, table, result in zip(self.report.written, tables, built, strict=True):
+            own = [u for u in self.report.unsupported if (u.schema, u.table) == (table.schema, table.name)]
+            texts.append(yamlout.dump(result.document, self._header(imported, result, own, now)))
         return texts
 
-    def _header(self, imported: Imported, result: manifest.Built, now: str) -> list[str]:
+    def _header(self, imported: Imported, result: manifest.Built, own: list[Unsupported], now: str) -> list[str]:
         spec = result.document["spec"]
         where = (
             f"tenant schema {self.report.template} (the template; one copy per tenant schema)"
@@ -256,9 +282,10 @@ class _Import:
             f"yaml-language-server: $schema={self._schema_ref(imported.path)}",
             f"Imported by `orchestrator import` from database {self.report.database}, {where}, on {now}.",
         ]
-        if result.notes:
+        notes = own + result.notes  # everything about the table that was not imported
+        if notes:
             lines.append("Not expressible in a manifest, so not imported (see the import's output):")
-            lines += [f"  - {note}" for note in result.notes]
+            lines += [f"  - {note}" for note in notes]
         return lines
 
     def _schema_ref(self, path: Path) -> str:
@@ -267,8 +294,8 @@ class _Import:
             return SCHEMA_URL
         return Path(os.path.relpath(local, path.parent.resolve())).as_posix()
 
-    def _validate(self, texts: list[str]) -> None:
-        """Build the existing config plus the new documents: any problem stops the import before writing."""
+    def _problems(self, texts: list[str]) -> list[Problem]:
+        """Build the existing config plus the new documents; return the problems found."""
         documents: list[loader.Document] = []
         problems = []
         for path in loader.find_files(self.options.config_dir):
@@ -280,9 +307,7 @@ class _Import:
             documents += docs
             problems += found
         _, found = build.build(documents)
-        problems += found
-        if problems:
-            raise ConfigError(problems)
+        return problems + found
 
     # -- baseline --------------------------------------------------------------------------------------------
 
