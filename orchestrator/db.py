@@ -7,6 +7,7 @@ errors are re-raised as ``DatabaseError`` naming the repo and the redacted URL o
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from orchestrator import embedded, model
 from orchestrator.errors import ConfigError, DatabaseError, Problem
+
+Session = tuple[int, datetime.datetime | None]
+"""A server session: its pid and ``backend_start`` (pids are reused; the pair names one session)."""
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -233,7 +237,7 @@ IDLE_SESSION_TIMEOUT = "120s"
 never holds a tenant's locks longer than this. Our own sessions are never idle that long while they hold one."""
 
 
-def prepare_session(conn: psycopg.Connection[Any]) -> tuple[int, Any]:
+def prepare_session(conn: psycopg.Connection[Any]) -> Session:
     """Settings for every session that does work (one round trip; PostgreSQL 14+ for the last two); return
     the server's pid of the session and its start time, which name it (pids are reused; behind a pooler the
     pid libpq was told may not be the server's).

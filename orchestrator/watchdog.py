@@ -27,18 +27,26 @@ the server nothing.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
 
+if TYPE_CHECKING:
+    from orchestrator import db
+
 OnAbandon = Callable[[int, str], None]
+Orphan = tuple[int, datetime.datetime, float]
+"""A server session to terminate: pid, backend_start, and when it is due (monotonic)."""
+SessionView = tuple[str | None, float | None, float, datetime.datetime | None, datetime.datetime | None]
+"""What the server says of a session: state, when it changed, its clock now, backend_start, query_start."""
 
 _PROBE = """
 SELECT p.pid, CASE WHEN a.wait_event_type = 'Lock' THEN 'waiting for a lock' ELSE a.state END,
@@ -60,9 +68,11 @@ class Watched:
     busy_since: float | None = None  # server clock, first probe that found the client waiting
     busy_since_local: float | None = None
     abandoned: bool = False
-    backend_start: Any = None  # with pid, names the server session (set once the session is prepared)
+    backend_start: datetime.datetime | None = None  # with pid, names the server session (once it is prepared)
     users: int = 1  # nested watch() calls of the same connection share one entry
-    query_start: Any = None  # the server's start of the statement seen last: a new one restarts the clock
+    query_start: datetime.datetime | None = (
+        None  # the server's start of the statement seen last: a new one restarts the clock
+    )
 
 
 LINGER = 1.0
@@ -124,9 +134,9 @@ class Watchdog:
     _probe_sock: socket.socket | None = None
     _probe_started: float | None = None
     _last_view: float = field(default_factory=time.monotonic)
-    _orphans: list[tuple[int, Any, float]] = field(default_factory=list)  # pid, backend_start, when retired
+    _orphans: list[Orphan] = field(default_factory=list)  # pid, backend_start, when retired
     _probing: threading.Lock = field(default_factory=threading.Lock)  # one user of the probe connection
-    _probe_start: Any = None
+    _probe_start: datetime.datetime | None = None
     _probe_pid: int = 0
     swept: int = 0
 
@@ -156,14 +166,14 @@ class Watchdog:
             self._watched.pop(id(conn))
         entry.sock.close()
 
-    def retire(self, session: tuple[int, Any]) -> None:
+    def retire(self, session: db.Session) -> None:
         """A session whose connection was closed elsewhere: make sure it ends (see ``close_connection``)."""
         pid, started = session
         if pid and started is not None:
             with self._lock:
                 self._orphans.append((pid, started, time.monotonic() + LINGER))
 
-    def close_connection(self, conn: psycopg.Connection[Any], *, session: tuple[int, Any] | None = None) -> None:
+    def close_connection(self, conn: psycopg.Connection[Any], *, session: db.Session | None = None) -> None:
         """Close a connection and make sure its server session ends: a connection that froze while idle never
         delivers its goodbye, so the session is looked for (and terminated) afterwards. ``session``: its pid
         and start, for a connection that is not watched at the moment."""
@@ -271,7 +281,7 @@ class Watchdog:
             busy.append(entry)
         return busy
 
-    def _judge(self, entry: Watched, view: dict[int, tuple[str | None, float | None, float, Any, Any]]) -> None:
+    def _judge(self, entry: Watched, view: dict[int, SessionView]) -> None:
         state, changed, server_now, started, query_start = view[entry.pid]
         if entry.backend_start is None:
             entry.backend_start = started  # so that an abandoned session can be terminated
@@ -295,7 +305,7 @@ class Watchdog:
                 f"the server has been {state} for {server_now - (changed or server_now):.1f} s while the client waited",
             )
 
-    def _server_view(self, pids: list[int]) -> dict[int, tuple[str | None, float | None, float, Any, Any]] | None:
+    def _server_view(self, pids: list[int]) -> dict[int, SessionView] | None:
         try:
             conn = self._probe_connection()
             self._probe_started = time.monotonic()
@@ -337,7 +347,7 @@ class Watchdog:
                 return
             time.sleep(0.05)
 
-    def _ended(self, pending: list[tuple[int, Any, float]], now: float) -> list[tuple[int, Any, float]]:
+    def _ended(self, pending: list[Orphan], now: float) -> list[Orphan]:
         """Terminate the pending sessions that are due; return the ones still there and not yet due."""
         conn = self._probe_connection()
         keys = ([pid for pid, _, _ in pending], [start for _, start, _ in pending])

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -28,6 +28,9 @@ from orchestrator import db, model
 from orchestrator.migrations import events, retry
 from orchestrator.migrations.target import Scope, Target
 from orchestrator.watchdog import Watchdog, Watched
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
@@ -84,7 +87,7 @@ class SingleControl:
     watchdog: Watchdog
     limit: float | None = None
     _conn: Conn | None = None
-    _session: tuple[int, Any] | None = None
+    _session: db.Session | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def run(self, call: Callable[[Conn], T]) -> T:
@@ -133,11 +136,11 @@ class PooledControl:
     policy: model.Retry
     watchdog: Watchdog
     limit: float | None = None
-    pool: Any = None
-    _sessions: dict[int, tuple[int, Any]] = field(default_factory=dict)  # id(conn) -> pid, backend_start
+    pool: ConnectionPool[Conn] = field(init=False)
+    _sessions: dict[int, db.Session] = field(default_factory=dict)  # id(conn) -> pid, backend_start
 
     def __post_init__(self) -> None:
-        from psycopg_pool import ConnectionPool
+        from psycopg_pool import ConnectionPool  # imported here: the CLI never pools
 
         self.pool = ConnectionPool(
             self.info,
@@ -182,7 +185,7 @@ class PooledControl:
         self._sessions.clear()
 
 
-def _prepare_control(conn: Conn) -> tuple[int, Any]:
+def _prepare_control(conn: Conn) -> db.Session:
     session = db.prepare_session(conn)
     conn.execute("SET synchronous_commit TO off")  # outcome records: cheap commits
     return session
