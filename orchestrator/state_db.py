@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +11,7 @@ import psycopg
 from psycopg import sql
 
 from orchestrator import db, model
-from orchestrator.migrations import locking
+from orchestrator.migrations import locking, recorder
 
 _TABLE = sql.Identifier("orchestrator", "state_files")
 
@@ -87,17 +86,13 @@ class DatabaseStore:
 
 
 def _ensure(conn: psycopg.Connection[Any]) -> None:
-    for statement in (
-        sql.SQL("CREATE SCHEMA IF NOT EXISTS orchestrator"),
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (path text PRIMARY KEY, body text NOT NULL, "
-            "written_at timestamptz NOT NULL DEFAULT now())"
-        ).format(_TABLE),
-    ):
-        with (
-            contextlib.suppress(
-                psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateSchema
-            ),
-            conn.transaction(),
-        ):
-            conn.execute(statement)
+    recorder.create_all(
+        conn,
+        [
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS orchestrator"),
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (path text PRIMARY KEY, body text NOT NULL, "
+                "written_at timestamptz NOT NULL DEFAULT now())"
+            ).format(_TABLE),
+        ],
+    )

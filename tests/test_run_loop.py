@@ -5,6 +5,7 @@ connection strings resolved without side effects."""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from psycopg import sql
 
 from orchestrator import config, db
 from orchestrator.migrations import locking
-from tests.conftest import Result, run_cli, write
+from tests.conftest import Result, run_cli, wait_for, write
 
 REPO = """apiVersion: orchestrator/v1
 kind: Repo
@@ -161,3 +162,42 @@ def test_resolving_a_connection_string_connects_to_nothing_and_creates_nothing(
     assert db.conninfo(repo, tmp_path) == missing
     with psycopg.connect(server_url) as conn:
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname = 'orch_never_created'").fetchone() is None
+
+
+@pytest.mark.parametrize("table", ["orchestrator.state_files", "orchestrator.migrations"])
+def test_bookkeeping_tables_created_by_a_concurrent_process_are_tolerated(database_url: str, table: str) -> None:
+    """Two replicas starting at once both run CREATE TABLE IF NOT EXISTS: the second waits on the first's
+    uncommitted catalog rows and then collides with them (23505), or, when the first commits between the
+    second's two catalog checks, fails with 42710 'type "state_files" already exists' (seen once with three
+    generate-migrations under --state database; both now tolerated, one list for every bookkeeping table).
+    The waiting case is made deterministic by holding the first creator's transaction open."""
+    from orchestrator import state_db
+    from orchestrator.migrations import recorder
+
+    ensure = state_db._ensure if table.endswith("state_files") else recorder.ensure_shared
+    with psycopg.connect(database_url, autocommit=True) as first, psycopg.connect(database_url) as second:
+        second.autocommit = True
+        pid = second.info.backend_pid
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                ensure(second)
+            except BaseException as error:  # reported by the assertion below
+                errors.append(error)
+
+        first.execute("CREATE SCHEMA IF NOT EXISTS orchestrator")
+        with first.transaction():
+            ensure(first)  # the whole set, uncommitted
+            thread = threading.Thread(target=run)
+            thread.start()
+            wait_for(
+                lambda: first.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'", (pid,)
+                ).fetchone(),
+                "the second creator waiting on the first's uncommitted table",
+            )
+        thread.join(timeout=60)
+        assert not thread.is_alive() and errors == []
+        row = second.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+        assert row == (True,)

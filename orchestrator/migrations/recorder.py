@@ -141,7 +141,7 @@ def ensure_target(conn: psycopg.Connection[Any], schema: str, *, lock_timeout_ms
     if {c.name for c in columns} >= set(OURS):
         return
     conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{lock_timeout_ms}ms",))
-    _run_all(
+    create_all(
         conn,
         [
             sql.SQL("CREATE TABLE IF NOT EXISTS {} (version bigint PRIMARY KEY, inserted_at timestamp(0))").format(
@@ -166,7 +166,7 @@ def ensure_shared(conn: psycopg.Connection[Any]) -> None:
     ).fetchone()
     if row and row[0] == len(_SHARED_TABLES):
         return
-    _run_all(
+    create_all(
         conn,
         [
             sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)),
@@ -193,7 +193,8 @@ def ensure_shared(conn: psycopg.Connection[Any]) -> None:
     )
 
 
-def _run_all(conn: psycopg.Connection[Any], statements: list[sql.Composed]) -> None:
+def create_all(conn: psycopg.Connection[Any], statements: Sequence[sql.SQL | sql.Composed]) -> None:
+    """Run ``CREATE … IF NOT EXISTS`` statements, each in its own transaction, tolerating a concurrent creator."""
     for statement in statements:
         # IF NOT EXISTS is not atomic: two processes creating the same table at once can collide on the catalog
         with (
