@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -611,23 +611,13 @@ class _References:
     def _action(
         self, source: model.Table, attribute: model.Attribute, raw: dict[str, Any], key: str, problem: Any
     ) -> model.Action | None:
-        value = raw.get(key)
-        if value is None:
+        action = _parse_action(raw, key)
+        if action is None:
             return None
-        if isinstance(value, str):
-            action = model.Action(cast(Any, value))
-        else:
-            kind, columns = next(iter(value.items()))
-            action = model.Action(kind, tuple(columns))
-            for i, column in enumerate(columns):
-                if source.column(column) is None:
-                    problem((key, kind, i), f"unknown column {column!r}")
-        nulled = action.columns or (attribute.name,)
-        if action.kind == "setNull":
-            for column in nulled:
-                found = source.column(column)
-                if found is not None and not found.allow_null:
-                    problem((key,), f"setNull on column {column!r}, which does not allow NULL")
+        for i, column in enumerate(action.columns):
+            if source.column(column) is None:
+                problem((key, action.kind, i), f"unknown column {column!r}")
+        _check_set_null(source, action, action.columns or (attribute.name,), key, problem)
         return action
 
     # -- table-level (multi-column) foreign keys
@@ -747,28 +737,39 @@ class _References:
     def _key_action(
         source: model.Table, columns: tuple[str, ...], raw: dict[str, Any], key: str, problem: Any
     ) -> model.Action | None:
-        value = raw.get(key)
-        if value is None:
+        action = _parse_action(raw, key)
+        if action is None:
             return None
-        if isinstance(value, str):
-            action = model.Action(cast(Any, value))
-        else:
-            kind, listed = next(iter(value.items()))
-            action = model.Action(kind, tuple(listed))
-            if key == "onUpdate":
-                problem((key, kind), f"a column list is only allowed with onDelete; write onUpdate: {kind}")
-            for i, column in enumerate(listed):
-                if column not in columns:
-                    problem(
-                        (key, kind, i),
-                        f"{kind} column {column!r} is not one of the foreign key's columns ({', '.join(columns)})",
-                    )
-        if action.kind == "setNull":
-            for column in [c for c in action.columns or columns if c in columns]:
-                found = source.column(column)
-                if found is not None and not found.allow_null:
-                    problem((key,), f"setNull on column {column!r}, which does not allow NULL")
+        kind = action.kind
+        if isinstance(raw[key], dict) and key == "onUpdate":
+            problem((key, kind), f"a column list is only allowed with onDelete; write onUpdate: {kind}")
+        for i, column in enumerate(action.columns):
+            if column not in columns:
+                problem(
+                    (key, kind, i),
+                    f"{kind} column {column!r} is not one of the foreign key's columns ({', '.join(columns)})",
+                )
+        _check_set_null(source, action, [c for c in action.columns or columns if c in columns], key, problem)
         return action
+
+
+def _parse_action(raw: dict[str, Any], key: str) -> model.Action | None:
+    """``onDelete``/``onUpdate`` as written: an action word, or ``{setNull|setDefault: [columns]}``."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return model.Action(cast(Any, value))
+    kind, columns = next(iter(value.items()))
+    return model.Action(kind, tuple(columns))
+
+
+def _check_set_null(source: model.Table, action: model.Action, nulled: Sequence[str], key: str, problem: Any) -> None:
+    if action.kind == "setNull":
+        for column in nulled:
+            found = source.column(column)
+            if found is not None and not found.allow_null:
+                problem((key,), f"setNull on column {column!r}, which does not allow NULL")
 
 
 _DEFERRABLE: dict[Any, model.Deferrable] = {
