@@ -11,7 +11,7 @@ a drop, which ``generate`` refuses unless destructive changes are allowed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from orchestrator import indexfield, model
@@ -146,13 +146,10 @@ def _dependent_foreign_keys(
     primary key that backs the referenced column. When any of these changes, the constraint is dropped first
     and added again last; constraints already dropped or added by other operations are left alone.
     """
-    touched = {(op.table, op.reference.name) for op in operations if isinstance(op, ops.AddForeignKey)}
+    touched = _keys_added(operations)
     by_ref = {str(ops.Ref(t.schema, t.name)): t for t in new}
     result: Ops = []
-    for table in sorted(new, key=lambda t: t.key):
-        previous = pairs.get(table.key)
-        if previous is None:
-            continue
+    for table, previous in _kept_tables(pairs, new):
         before = followed[previous.key]
         for attribute in table.attributes:
             reference = attribute.references
@@ -173,6 +170,21 @@ def _dependent_foreign_keys(
                 result.append(ops.DropForeignKey(ref(previous), original.name, original.references))
                 result.append(ops.AddForeignKey(ref(table), attribute.name, reference))
     return result
+
+
+def _keys_added(operations: Ops) -> set[tuple[str, str]]:
+    """(table, constraint) of the foreign keys other operations already add (and so drop first)."""
+    return {(op.table, op.reference.name) for op in operations if isinstance(op, ops.AddForeignKey)}
+
+
+def _kept_tables(
+    pairs: Mapping[str, model.Table], new: Sequence[model.Table]
+) -> Iterator[tuple[model.Table, model.Table]]:
+    """Each table that existed before (under this name or another), with its previous version, in key order."""
+    for table in sorted(new, key=lambda t: t.key):
+        previous = pairs.get(table.key)
+        if previous is not None:
+            yield table, previous
 
 
 def _old_column(old: model.Table, new: model.Table, name: str) -> model.Attribute | None:
@@ -585,13 +597,10 @@ def _dependent_table_keys(
 ) -> Ops:
     """Drop and re-add kept table-level keys whose columns' types, or the target's columns or the unique index
     or primary key behind them, change (as ``_dependent_foreign_keys`` does for attribute references)."""
-    touched = {(op.table, op.reference.name) for op in operations if isinstance(op, ops.AddForeignKey)}
+    touched = _keys_added(operations)
     by_ref = {str(ops.Ref(t.schema, t.name)): t for t in new}
     result: Ops = []
-    for table in sorted(new, key=lambda t: t.key):
-        previous = pairs.get(table.key)
-        if previous is None:
-            continue
+    for table, previous in _kept_tables(pairs, new):
         before = _rename_columns(ref(table), followed[previous.key], table)[0]
         before = _rename_key_columns(before, _renamed_here(previous, table))
         old_keys = {k.name: k for k in before.foreign_keys}
