@@ -120,6 +120,8 @@ class Server:
             self.admin(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
         else:
             self.admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        # the copy wrote its WAL; a checkpoint now, so that flushing it does not land in the next timed run
+        self.admin(sql.SQL("CHECKPOINT"))
         return self.db_url(name)
 
 
@@ -202,10 +204,23 @@ def orchestrator_env(url: str) -> dict[str, str]:
 
 
 def floor_script(root: Path, names: list[str]) -> str:
-    """The generated tenant migration's up SQL, once per schema, one transaction each."""
-    migration = sorted((root / "priv/app/tenant_migrations").glob("*_add_priority_comments.sql"))[0]
-    up = migration.read_text().split("-- migrate:up\n")[1].split("-- migrate:down")[0].strip()
-    return "".join(f'BEGIN;\nSET LOCAL search_path TO "{name}", public;\n{up}\nCOMMIT;\n' for name in names)
+    """The generated tenant change's up SQL (every file of it: the main migration, and since online-safe
+    generation the ``_concurrently`` index build), once per schema: a transactional file as one transaction,
+    a ``transaction:false`` one statement by statement, as dbmate or a hand-written script would run them."""
+    parts = []
+    for migration in sorted((root / "priv/app/tenant_migrations").glob("*_add_priority_comments*.sql")):
+        header, rest = migration.read_text().split("-- migrate:up", 1)
+        flags, body = rest.split("\n", 1)
+        up = body.split("-- migrate:down")[0].strip()
+        parts.append((up, "transaction:false" in flags))
+    script = []
+    for name in names:
+        for up, plain in parts:
+            if plain:
+                script.append(f'SET search_path TO "{name}", public;\n{up}\n')
+            else:
+                script.append(f'BEGIN;\nSET LOCAL search_path TO "{name}", public;\n{up}\nCOMMIT;\n')
+    return "".join(script)
 
 
 # -- django-tenants ----------------------------------------------------------------------------------------

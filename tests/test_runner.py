@@ -185,9 +185,10 @@ def test_four_processes_apply_each_migration_exactly_once(env: Env) -> None:
     assert applied_lines == 6
 
 
-LOCK_WAIT = "wait_event_type = 'Lock' AND starts_with(query, 'ALTER TABLE busy')"
-"""A runner session waiting for the blocker's lock on busy (a condition for conftest.sessions)."""
-IN_SLEEP = "state = 'active' AND xact_start IS NOT NULL AND starts_with(query, 'SELECT pg_sleep(4)')"
+LOCK_WAIT = "wait_event_type = 'Lock' AND strpos(query, 'ALTER TABLE busy') > 0"
+"""A runner session waiting for the blocker's lock on busy (a condition for conftest.sessions). A transactional
+migration is sent as one query with its settings and record, so its statement is somewhere in the query text."""
+IN_SLEEP = "state = 'active' AND xact_start IS NOT NULL AND strpos(query, 'SELECT pg_sleep(4)') > 0"
 """A runner session inside the long statement of a migration."""
 
 

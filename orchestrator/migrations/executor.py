@@ -3,9 +3,10 @@
 A transactional migration runs in one transaction with ``SET LOCAL lock_timeout`` / ``statement_timeout``
 (and ``search_path`` for a tenant); its ``schema_migrations`` row and stored text are written in that same
 transaction, so it is applied completely or not at all. A ``transaction:false`` migration runs statement by
-statement in autocommit; after each statement its progress is recorded, so a re-run resumes at the statement
-that failed, and an INVALID index left by a failed ``CREATE INDEX CONCURRENTLY`` is dropped before it is
-tried again. Its row is written when the last statement is done.
+statement in autocommit; after each statement but the last its progress is recorded, so a re-run resumes at
+the statement that failed, and an INVALID index left by a failed ``CREATE INDEX CONCURRENTLY`` is dropped
+before it is tried again. Its row is written when the last statement is done (one round trip with the
+settings' reset): a connection lost just before re-runs only that statement, which is made re-runnable.
 
 Errors: transient ones (see ``retry``) are re-raised as they are, for the caller's retry loop; permanent ones
 become ``MigrationFailed`` naming the SQLSTATE, the migration file and line, and the statement.
@@ -13,6 +14,7 @@ become ``MigrationFailed`` naming the SQLSTATE, the migration file and line, and
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from pathlib import Path
@@ -68,46 +70,58 @@ def apply(
     started = time.monotonic()
     if section.transaction:
         try:
-            _pipelined(conn, target, migration, direction, section, store_text, started)
+            _in_one_query(conn, target, migration, direction, section, store_text)
         except psycopg.Error as exc:
             if retry.is_transient(exc):
                 raise
             if (exc.sqlstate or "")[:2] in _NO_REPLAY:  # a timeout or resource error: replaying would repeat it
                 message = f"{migration.path}: {exc.sqlstate} {_first(exc)}"
                 raise MigrationFailed(message, exc.sqlstate, migration.path) from None
-            # A pipeline reports an error without saying which statement failed: nothing was kept, so run the
-            # migration again one statement at a time to name it (or, if the failure does not repeat, apply it).
+            # The error does not say which statement failed: nothing was kept, so run the migration again one
+            # statement at a time to name it (or, if the failure does not repeat, apply it).
             with conn.transaction():
                 _settings(conn, target, local=True)
                 for statement in section.located():
                     _execute(conn, migration, statement)
-                _finish(conn, target, migration, direction, _ms(started), store_text)
+                for finishing in _finish(target, migration, direction, _ms(started), store_text):
+                    conn.execute(finishing)
     else:
         _non_transactional(conn, target, migration, direction, section, sink)
-        with conn.transaction():
-            # the repo's timeouts again (the section reset them): a lock wait here must end by itself, or the
-            # watchdog, which never abandons a session waiting for a lock, would wait with it for ever
-            _settings(conn, target, local=True)
-            _finish(conn, target, migration, direction, _ms(started), store_text)
-            recorder.clear_progress(conn, target.name, migration.version)
+        # One query, one round trip: the session's settings back; then, under the repo's timeouts again (the
+        # section reset them: a lock wait here must end by itself, or the watchdog, which never abandons a
+        # session waiting for a lock, would wait with it for ever), the record.
+        _script(
+            conn,
+            *(sql.SQL("RESET {}").format(sql.Identifier(name)) for name in _SETTINGS),
+            _settings_sql(target, local=True),
+            *_finish(target, migration, direction, _ms(started), store_text),
+            recorder.clear_progress_sql(target.name, migration.version),
+        )
     return _ms(started)
 
 
-def _pipelined(
+def _in_one_query(
     conn: psycopg.Connection[Any],
     target: Target,
     migration: files.MigrationFile,
     direction: Direction,
     section: files.Section,
     store_text: bool,
-    started: float,
 ) -> None:
-    """The whole transaction in one round trip (psycopg's pipeline mode): what makes a tenant fan-out cheap."""
-    with conn.pipeline(), conn.transaction():
-        _settings(conn, target, local=True)
-        for statement in section.located():
-            conn.execute(statement.sql.encode())
-        _finish(conn, target, migration, direction, None, store_text)
+    """The whole migration and its record as one simple-protocol query: PostgreSQL runs a query of several
+    statements as one implicit transaction (all or nothing), in one round trip, and the client has nothing to
+    do per statement. That is what makes a tenant fan-out cheap."""
+    _script(
+        conn,
+        _settings_sql(target, local=True),
+        sql.SQL(section.script()),
+        *_finish(target, migration, direction, None, store_text),
+    )
+
+
+def _script(conn: psycopg.Connection[Any], *statements: sql.Composable) -> None:
+    """Send ``statements`` as one query (no parameters: values are quoted in by ``sql.Literal``)."""
+    conn.execute(sql.SQL("\n;\n").join(statements))  # a newline first: a statement may end in a -- comment
 
 
 def _non_transactional(
@@ -124,9 +138,10 @@ def _non_transactional(
     can never make it run twice. The others (CONCURRENTLY, VACUUM, ...) run alone and are made re-runnable:
     an index a previous attempt finished is not created again, an INVALID one it left behind is dropped first.
     """
-    _settings(conn, target, local=False)
     key = _progress_key(migration, direction)
-    done, checksum = recorder.progress(conn, target.name, key)
+    with conn.pipeline():  # one round trip
+        _settings(conn, target, local=False)
+        done, checksum = recorder.progress(conn, target.name, key)
     if done and checksum not in (None, migration.checksum):
         raise MigrationFailed(
             f"{migration.path}: edited after {done} of its statements ran on {target.name}; restore the file, or "
@@ -143,12 +158,12 @@ def _non_transactional(
         if _NO_TRANSACTION.search(_code(statement.sql)):
             if _prepare_concurrent(conn, statement.sql):
                 _execute(conn, migration, statement)
-            recorder.set_progress(conn, target.name, key, index + 1, migration.checksum)
+            if index + 1 < len(statements):  # after the last one, the migration's record is written instead
+                recorder.set_progress(conn, target.name, key, index + 1, migration.checksum)
         else:
             with conn.transaction():
                 _execute(conn, migration, statement)
                 recorder.set_progress(conn, target.name, key, index + 1, migration.checksum)
-    _reset(conn)
 
 
 def _lock_timeout(conn: psycopg.Connection[Any], target: Target, code: str, current: str) -> str:
@@ -169,61 +184,67 @@ def _progress_key(migration: files.MigrationFile, direction: Direction) -> int:
 
 
 def _finish(
-    conn: psycopg.Connection[Any],
     target: Target,
     migration: files.MigrationFile,
     direction: Direction,
     duration_ms: int | None,
     store_text: bool,
-) -> None:
-    if direction is Direction.UP:
-        recorder.record(
-            conn,
+) -> list[sql.Composed]:
+    """The statements that record ``migration`` as applied (or no longer applied) at ``target``."""
+    if direction is Direction.DOWN:
+        # partial progress of this or a newer migration is stale once this one is rolled back: a half-run
+        # _validate must start from its first statement when its change is applied again
+        return [
+            recorder.forget_sql(target.schema, migration.version),
+            recorder.clear_progress_sql(target.name, migration.version, newer=True),
+        ]
+    done = [
+        recorder.record_sql(
             target.schema,
             version=migration.version,
             name=migration.name,
             checksum=migration.checksum,
             duration_ms=duration_ms,
         )
-        if store_text:  # a tenant rollout stores each text once, not once per tenant
-            recorder.store_text(
-                conn,
+    ]
+    if store_text:  # a tenant rollout stores each text once, not once per tenant
+        done.append(
+            recorder.store_text_sql(
                 target.scope.value,
                 version=migration.version,
                 name=migration.name,
                 checksum=migration.checksum,
                 body=migration.text,
             )
-    else:
-        recorder.forget(conn, target.schema, migration.version)
-        # partial progress of this or a newer migration is stale once this one is rolled back: a half-run
-        # _validate must start from its first statement when its change is applied again
-        recorder.clear_progress(conn, target.name, migration.version, newer=True)
+        )
+    return done
+
+
+_SETTINGS = ("lock_timeout", "statement_timeout", "search_path")
 
 
 def _settings(conn: psycopg.Connection[Any], target: Target, *, local: bool) -> None:
-    """lock_timeout, statement_timeout and, for a tenant, search_path, in one round trip."""
+    conn.execute(_settings_sql(target, local=local))
+
+
+def _settings_sql(target: Target, *, local: bool) -> sql.Composed:
+    """lock_timeout, statement_timeout and, for a tenant, search_path, in one statement."""
     timeouts = target.repo.timeouts
-    path = (
-        sql.SQL("{}, public").format(sql.Identifier(target.schema)).as_string(None)
-        if target.scope is Scope.TENANT
-        else None
-    )
-    conn.execute(
-        "SELECT set_config('lock_timeout', %(lock)s, %(local)s), "
-        "set_config('statement_timeout', %(statement)s, %(local)s), "
-        "CASE WHEN %(path)s::text IS NULL THEN NULL ELSE set_config('search_path', %(path)s, %(local)s) END",
-        {
-            "lock": f"{timeouts.lock_timeout_ms}ms",
-            "statement": f"{timeouts.statement_timeout_ms}ms",
-            "local": local,
-            "path": path,
-        },
-    )
+    schema = target.schema if target.scope is Scope.TENANT else None
+    return _settings_for(schema, timeouts.lock_timeout_ms, timeouts.statement_timeout_ms, local)
 
 
-def _reset(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("RESET lock_timeout; RESET statement_timeout; RESET search_path")
+@functools.lru_cache(maxsize=1024)
+def _settings_for(schema: str | None, lock_ms: int, statement_ms: int, local: bool) -> sql.Composed:
+    values = [("lock_timeout", f"{lock_ms}ms"), ("statement_timeout", f"{statement_ms}ms")]
+    if schema is not None:
+        values.append(("search_path", sql.SQL("{}, public").format(sql.Identifier(schema)).as_string(None)))
+    return sql.SQL("SELECT {}").format(
+        sql.SQL(", ").join(
+            sql.SQL("set_config({}, {}, {})").format(sql.Literal(name), sql.Literal(value), sql.Literal(local))
+            for name, value in values
+        )
+    )
 
 
 def _execute(conn: psycopg.Connection[Any], migration: files.MigrationFile, statement: files.Statement) -> None:

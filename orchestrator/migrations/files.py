@@ -8,6 +8,7 @@ interprets the SQL beyond finding where each statement ends.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Mapping
@@ -39,7 +40,16 @@ class Section:
 
     def located(self) -> list[Statement]:
         """The statements with the file line each starts on."""
-        return [Statement(text, self.line + line - 1) for text, line in split_located(self.sql)]
+        return list(self._located)
+
+    def script(self) -> str:
+        """The statements as one query text, each ended on a line of its own (a statement may end in a comment)."""
+        return "\n;\n".join(s.sql for s in self._located)
+
+    @functools.cached_property
+    def _located(self) -> tuple[Statement, ...]:
+        # split once: a tenant rollout runs the same section in every schema
+        return tuple(Statement(text, self.line + line - 1) for text, line in split_located(self.sql))
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,7 @@ def _attempt(
     waited = lambda ms: sink(events.LockWaited(target, ms))  # noqa: E731
     with locking.advisory_lock(conn, key, target.repo.timeouts.lock_wait_ms, target.name, on_wait=waited):
         _ensure(conn, target, adopted=adopted, create_schema=create_schema)
-        applied = recorder.applied(conn, target.schema, adopted=True)  # under the lock: authoritative
+        applied = _applied(conn, target)  # under the lock: authoritative
         for migration in state.in_flight:  # the connection was lost after its COMMIT reached the server
             if (migration.version in applied) == (request.direction is Direction.UP):
                 state.done.append(migration)
@@ -215,10 +215,29 @@ def _ensure(conn: Conn, target: Target, *, adopted: bool, create_schema: bool) -
         return
     if create_schema:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target.schema)))
-    elif not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (target.schema,)).fetchone():
-        raise TenantFailed(f"schema {target.schema} does not exist (set tenants.createSchemas to create it)")
+    elif not adopted and not _schema_exists(conn, target.schema):  # adopted: _applied finds out, no extra query
+        raise _no_schema(target)
     if not adopted:
         recorder.ensure_target(conn, target.schema, lock_timeout_ms=lock_timeout)
+
+
+def _applied(conn: Conn, target: Target) -> dict[int, recorder.Applied]:
+    """What the target has applied; a tenant whose schema was dropped fails with that said (the read fails in
+    autocommit, so the connection can still ask why)."""
+    try:
+        return recorder.applied(conn, target.schema, adopted=True)
+    except psycopg.errors.UndefinedTable:
+        if target.scope is Scope.TENANT and not _schema_exists(conn, target.schema):
+            raise _no_schema(target) from None
+        raise
+
+
+def _schema_exists(conn: Conn, schema: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
+
+
+def _no_schema(target: Target) -> TenantFailed:
+    return TenantFailed(f"schema {target.schema} does not exist (set tenants.createSchemas to create it)")
 
 
 def _repair(

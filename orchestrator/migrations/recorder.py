@@ -238,19 +238,25 @@ def applied(conn: psycopg.Connection[Any], schema: str, *, adopted: bool = False
 def record(
     conn: psycopg.Connection[Any], schema: str, *, version: int, name: str, checksum: str, duration_ms: int | None
 ) -> None:
-    """Insert the row of an applied migration; ``duration_ms`` None: measured by the server, from the start of
-    the transaction to this insert (for pipelined migrations, whose statements the client does not wait for)."""
-    conn.execute(
-        sql.SQL(
-            "INSERT INTO {} (version, inserted_at, name, checksum, duration_ms) VALUES (%s, now() AT TIME ZONE "
-            "'utc', %s, %s, coalesce(%s, (extract(epoch FROM clock_timestamp() - now()) * 1000)::integer))"
-        ).format(_table(schema)),
-        (version, name, checksum, duration_ms),
-    )
+    conn.execute(record_sql(schema, version=version, name=name, checksum=checksum, duration_ms=duration_ms))
+
+
+def record_sql(schema: str, *, version: int, name: str, checksum: str, duration_ms: int | None) -> sql.Composed:
+    """The row of an applied migration, as a statement with its values quoted in (the executor sends it with the
+    migration in one query); ``duration_ms`` None: measured by the server, from the start of the transaction
+    to this insert (the client does not wait for each statement)."""
+    return sql.SQL(
+        "INSERT INTO {} (version, inserted_at, name, checksum, duration_ms) VALUES ({}, now() AT TIME ZONE "
+        "'utc', {}, {}, coalesce({}::integer, (extract(epoch FROM clock_timestamp() - now()) * 1000)::integer))"
+    ).format(_table(schema), sql.Literal(version), sql.Literal(name), sql.Literal(checksum), sql.Literal(duration_ms))
 
 
 def forget(conn: psycopg.Connection[Any], schema: str, version: int) -> None:
-    conn.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(_table(schema)), (version,))
+    conn.execute(forget_sql(schema, version))
+
+
+def forget_sql(schema: str, version: int) -> sql.Composed:
+    return sql.SQL("DELETE FROM {} WHERE version = {}").format(_table(schema), sql.Literal(version))
 
 
 def set_checksum(conn: psycopg.Connection[Any], schema: str, version: int, checksum: str) -> None:
@@ -258,12 +264,15 @@ def set_checksum(conn: psycopg.Connection[Any], schema: str, version: int, check
 
 
 def store_text(conn: psycopg.Connection[Any], scope: str, *, version: int, name: str, checksum: str, body: str) -> None:
-    conn.execute(
-        "INSERT INTO orchestrator.migrations (scope, version, name, checksum, body) VALUES (%s, %s, %s, %s, %s) "
+    conn.execute(store_text_sql(scope, version=version, name=name, checksum=checksum, body=body))
+
+
+def store_text_sql(scope: str, *, version: int, name: str, checksum: str, body: str) -> sql.Composed:
+    return sql.SQL(
+        "INSERT INTO orchestrator.migrations (scope, version, name, checksum, body) VALUES ({}, {}, {}, {}, {}) "
         "ON CONFLICT (scope, version) DO UPDATE SET name = EXCLUDED.name, checksum = EXCLUDED.checksum, "
-        "body = EXCLUDED.body, stored_at = now()",
-        (scope, version, name, checksum, body),
-    )
+        "body = EXCLUDED.body, stored_at = now()"
+    ).format(*(sql.Literal(v) for v in (scope, version, name, checksum, body)))
 
 
 def stored_texts(conn: psycopg.Connection[Any], scope: str) -> dict[int, tuple[str, str]]:
@@ -302,12 +311,14 @@ def forget_stale_progress(conn: psycopg.Connection[Any], target: str, version: i
 
 
 def clear_progress(conn: psycopg.Connection[Any], target: str, version: int, *, newer: bool = False) -> None:
+    conn.execute(clear_progress_sql(target, version, newer=newer))
+
+
+def clear_progress_sql(target: str, version: int, *, newer: bool = False) -> sql.Composed:
     """Forget the partial progress of ``version`` on ``target``, up and down; with ``newer``, of every later
     version too (a rollback past them: what a half-run newer migration did is gone or about to be re-run)."""
-    conn.execute(
-        "DELETE FROM orchestrator.progress WHERE target = %s AND "
-        "CASE WHEN %s THEN abs(version) >= %s ELSE abs(version) = %s END",
-        (target, newer, version, version),
+    return sql.SQL("DELETE FROM orchestrator.progress WHERE target = {} AND abs(version) {} {}").format(
+        sql.Literal(target), sql.SQL(">=" if newer else "="), sql.Literal(version)
     )
 
 
@@ -323,23 +334,27 @@ def finish_rollout(conn: psycopg.Connection[Any], rollout: int, failed: int) -> 
     conn.execute("UPDATE orchestrator.rollouts SET finished_at = now(), failed = %s WHERE id = %s", (failed, rollout))
 
 
-def record_tenant(
-    conn: psycopg.Connection[Any],
-    rollout: int,
-    tenant: str,
-    *,
-    status: str,
-    attempts: int,
-    applied: list[str],
-    error: str | None,
-) -> None:
-    conn.execute(
-        "INSERT INTO orchestrator.rollout_tenants (rollout_id, tenant, status, attempts, applied, last_error) "
-        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (rollout_id, tenant) DO UPDATE SET status = EXCLUDED.status, "
-        "attempts = EXCLUDED.attempts, applied = EXCLUDED.applied, last_error = EXCLUDED.last_error, "
-        "finished_at = now()",
-        (rollout, tenant, status, attempts, applied, error),
-    )
+@dataclass(frozen=True)
+class Outcome:
+    """One tenant's result in a rollout, as ``rollout_tenants`` keeps it."""
+
+    tenant: str
+    status: str
+    attempts: int
+    applied: list[str]
+    error: str | None
+
+
+def record_tenants(conn: psycopg.Connection[Any], rollout: int, outcomes: Sequence[Outcome]) -> None:
+    """Upsert the outcomes (re-running it after a lost connection changes nothing), in one round trip."""
+    with conn.transaction(), conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO orchestrator.rollout_tenants (rollout_id, tenant, status, attempts, applied, last_error) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (rollout_id, tenant) DO UPDATE SET "
+            "status = EXCLUDED.status, attempts = EXCLUDED.attempts, applied = EXCLUDED.applied, "
+            "last_error = EXCLUDED.last_error, finished_at = now()",
+            [(rollout, o.tenant, o.status, o.attempts, o.applied, o.error) for o in outcomes],
+        )
 
 
 def last_outcomes(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, str | None]]:

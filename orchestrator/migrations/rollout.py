@@ -35,6 +35,8 @@ from orchestrator.migrations.target import Scope, Target
 
 Work = dict[str, list[files.MigrationFile]]
 _DONE = {Action.MIGRATE: "migrated", Action.ROLLBACK: "rolled back", Action.REPAIR: "repaired"}
+RECORD_EVERY_S, RECORD_BATCH = 1.0, 200
+"""Outcomes are written at least this often, and at the latest after this many tenants (failures at once)."""
 
 
 @dataclass
@@ -123,6 +125,8 @@ class TenantRollout:
     _texts: dict[int, tuple[str, str]] = field(default_factory=dict)  # stored texts, for rollbacks
     _hold: Hold | None = None
     _held: set[str] = field(default_factory=set)  # tenants this run takes only as far as the hold allows
+    _unrecorded: list[TenantResult] = field(default_factory=list)  # outcomes not yet in rollout_tenants
+    _recorded_at: float = 0.0
 
     @property
     def repo(self) -> model.Repo:
@@ -142,9 +146,11 @@ class TenantRollout:
             rollout = control.run(lambda conn: recorder.start_rollout(conn, options.request.direction.value, total))
             for failure in results.values():  # planning failures (an edited migration): visible in status too
                 if failure.status == "failed":  # a held tenant keeps its last outcome (a failure stays one)
-                    self._record(rollout, failure)
+                    self._unrecorded.append(failure)
+            self._flush(rollout)
         results.update(self._fan_out(rollout, plan.work, options) if plan.work else {})
         if rollout is not None:
+            self._flush(rollout)
             failed = sum(r.status == "failed" for r in results.values())
             control.run(lambda conn: recorder.finish_rollout(conn, rollout, failed))
         return [results.get(n) or TenantResult(n, "up to date") for n in plan.names] + [
@@ -301,24 +307,23 @@ class TenantRollout:
     ) -> None:
         results[result.tenant] = result
         if rollout is not None:
-            self._record(rollout, result)
+            self._unrecorded.append(result)
+            due = time.monotonic() - self._recorded_at >= RECORD_EVERY_S or len(self._unrecorded) >= RECORD_BATCH
+            if result.status == "failed" or due:  # a failure is written at once
+                self._flush(rollout)
         bar.update(result)
         target = Target(self.repo, self.endpoint.database, result.tenant, Scope.TENANT)
         self.sink(events.TenantFinished(target, result))
 
-    def _record(self, rollout: int, result: TenantResult) -> None:
-        """Write the tenant's outcome (an upsert: re-running it after a lost connection changes nothing)."""
-        self.endpoint.control.run(
-            lambda conn: recorder.record_tenant(
-                conn,
-                rollout,
-                result.tenant,
-                status=result.status,
-                attempts=result.attempts,
-                applied=result.applied,
-                error=result.error,
-            )
-        )
+    def _flush(self, rollout: int | None) -> None:
+        """Write the outcomes gathered so far, in one round trip: written one by one, the fan-out's thread
+        waited for each before it gave the finished worker its next tenant."""
+        batch, self._unrecorded = self._unrecorded, []
+        self._recorded_at = time.monotonic()
+        if rollout is None or not batch:
+            return
+        outcomes = [recorder.Outcome(r.tenant, r.status, r.attempts, r.applied, r.error) for r in batch]
+        self.endpoint.control.run(lambda conn: recorder.record_tenants(conn, rollout, outcomes))
 
     def _tenant(self, workers: Dedicated, tenant: str, options: Options) -> TenantResult:
         """Run one tenant through the run loop; never raises."""
