@@ -7,7 +7,11 @@ existing tenant table — applied by:
 * ``orchestrator migrate --tenants``;
 * django-tenants ``migrate_schemas`` with its ``standard`` and ``multiprocessing`` executors, on the same DDL
   (Django's own migration of the same change), installed in a separate virtualenv by this script;
-* the floor: the same DDL (orchestrator's generated SQL) in one ``psql -f`` script, one transaction per schema;
+* the floor: the same SQL (orchestrator's generated files: the index on the existing table is built
+  ``CONCURRENTLY`` in a file of its own) in one ``psql -f`` script, one transaction per schema and file;
+
+orchestrator and the floor run three times each, in turns, from fresh copies after a checkpoint, and their
+medians are compared;
 
 then the no-op (everything up to date) of orchestrator and django-tenants, and orchestrator's peak RSS at N
 and at 5xN tenants. Every system starts from a copy of the same kind of database (``CREATE DATABASE …
@@ -209,7 +213,7 @@ def floor_script(root: Path, names: list[str]) -> str:
     a ``transaction:false`` one statement by statement, as dbmate or a hand-written script would run them."""
     parts = []
     for migration in sorted((root / "priv/app/tenant_migrations").glob("*_add_priority_comments*.sql")):
-        header, rest = migration.read_text().split("-- migrate:up", 1)
+        rest = migration.read_text().split("-- migrate:up", 1)[1]
         flags, body = rest.split("\n", 1)
         up = body.split("-- migrate:down")[0].strip()
         parts.append((up, "transaction:false" in flags))
@@ -291,21 +295,31 @@ def main() -> None:
     try:
         print(f"setting up {args.tenants} tenants for each system (not timed)...", file=sys.stderr)
         root = orchestrator_base(server, work, args.tenants, "bench_orch_base")
-        url = server.create("bench_orch_run", "bench_orch_base")
-        results["orchestrator migrate --tenants"] = timed(
-            [*cli, "migrate", "--tenants"], root, orchestrator_env(url), rss=True
-        )
-        check_migrated(url, names, "tasks", "priority")
-        results["orchestrator no-op"] = timed([*cli, "migrate", "--tenants"], root, orchestrator_env(url), rss=True)
-        breakdown = noop_breakdown(cli, root, orchestrator_env(url))
-
-        url = server.create("bench_floor_run", "bench_orch_base")
         script = work / "floor.sql"
         script.write_text(floor_script(root, names))
-        results["floor: psql -f, one transaction per schema"] = timed(
-            ["psql", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(script), url], root, os.environ.copy()
+        # orchestrator and the floor in turns, each from a fresh copy after a checkpoint; the medians are
+        # compared (one run of each swung by +-40 % on a shared 2-core machine)
+        ours, floor, url = [], [], ""
+        for _ in range(PAIRS):
+            url = server.create("bench_orch_run", "bench_orch_base")
+            ours.append(timed([*cli, "migrate", "--tenants"], root, orchestrator_env(url), rss=True))
+            check_migrated(url, names, "tasks", "priority")
+            floor_url = server.create("bench_floor_run", "bench_orch_base")
+            floor.append(
+                timed(["psql", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(script), floor_url], root, os.environ.copy())
+            )
+            check_migrated(floor_url, names, "tasks", "priority")
+        results["orchestrator migrate --tenants"] = median_run(ours)
+        results["orchestrator no-op"] = timed([*cli, "migrate", "--tenants"], root, orchestrator_env(url), rss=True)
+        breakdown = noop_breakdown(cli, root, orchestrator_env(url))
+        results["floor: psql -f, one transaction per schema"] = median_run(floor)
+        print(
+            "runs (s): orchestrator "
+            + " ".join(f"{r.seconds:.2f}" for r in ours)
+            + "; floor "
+            + " ".join(f"{r.seconds:.2f}" for r in floor),
+            file=sys.stderr,
         )
-        check_migrated(url, names, "tasks", "priority")
 
         project = django_base(server, work, args.tenants, "bench_dj_base")
         python = str(django_python())
@@ -344,6 +358,13 @@ def main() -> None:
 
 
 NOOP_RUNS = 7
+PAIRS = 3
+"""Timed runs of orchestrator and of the floor each, in turns (their medians are compared)."""
+
+
+def median_run(runs: list[Run]) -> Run:
+    """The run of median time (its peak RSS with it)."""
+    return sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
 
 
 def noop_breakdown(cli: list[str], root: Path, env: dict[str, str]) -> dict[str, float]:
