@@ -139,8 +139,12 @@ def _non_transactional(
     an index a previous attempt finished is not created again, an INVALID one it left behind is dropped first.
     """
     key = _progress_key(migration, direction)
+    statements = section.located()
+    timeouts, schema = target.repo.timeouts, target.schema if target.scope is Scope.TENANT else None
+    # the lock timeout of the first statement (the usual start) set with the others: one round trip less
+    first = _wait_ms(target, _code(statements[0].sql)) if statements else timeouts.lock_timeout_ms
     with conn.pipeline():  # one round trip
-        _settings(conn, target, local=False)
+        conn.execute(_settings_for(schema, first, timeouts.statement_timeout_ms, False))
         done, checksum = recorder.progress(conn, target.name, key)
     if done and checksum not in (None, migration.checksum):
         raise MigrationFailed(
@@ -149,10 +153,9 @@ def _non_transactional(
             None,
             migration.path,
         )
-    statements = section.located()
     if done:
         sink(events.Resumed(target, migration, done + 1, len(statements)))
-    waits = f"{target.repo.timeouts.lock_timeout_ms}ms"
+    waits = f"{first}ms"
     for index, statement in enumerate(statements[done:], start=done):
         waits = _lock_timeout(conn, target, _code(statement.sql), waits)
         if _NO_TRANSACTION.search(_code(statement.sql)):
@@ -171,12 +174,15 @@ def _lock_timeout(conn: psycopg.Connection[Any], target: Target, code: str, curr
     CONSTRAINT) the repo's ``lockWait`` to wait for locks instead of ``lockTimeout``: waiting, it blocks no read
     or write of the application, and a concurrent build waits for every older transaction of the database, which
     a short lock_timeout would make it fail (and rebuild from scratch) on any long transaction."""
-    timeouts = target.repo.timeouts
-    ms = max(timeouts.lock_timeout_ms, timeouts.lock_wait_ms) if _PATIENT.match(code) else timeouts.lock_timeout_ms
-    wanted = f"{ms}ms"
+    wanted = f"{_wait_ms(target, code)}ms"
     if wanted != current:
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (wanted,))
     return wanted
+
+
+def _wait_ms(target: Target, code: str) -> int:
+    timeouts = target.repo.timeouts
+    return max(timeouts.lock_timeout_ms, timeouts.lock_wait_ms) if _PATIENT.match(code) else timeouts.lock_timeout_ms
 
 
 def _progress_key(migration: files.MigrationFile, direction: Direction) -> int:
