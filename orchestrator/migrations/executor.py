@@ -233,7 +233,7 @@ def _settings(conn: psycopg.Connection[Any], target: Target, *, local: bool) -> 
     conn.execute(_settings_sql(target, local=local))
 
 
-def _settings_sql(target: Target, *, local: bool) -> sql.Composed:
+def _settings_sql(target: Target, *, local: bool) -> sql.SQL:
     """lock_timeout, statement_timeout and, for a tenant, search_path, in one statement."""
     timeouts = target.repo.timeouts
     schema = target.schema if target.scope is Scope.TENANT else None
@@ -241,16 +241,17 @@ def _settings_sql(target: Target, *, local: bool) -> sql.Composed:
 
 
 @functools.lru_cache(maxsize=1024)
-def _settings_for(schema: str | None, lock_ms: int, statement_ms: int, local: bool) -> sql.Composed:
+def _settings_for(schema: str | None, lock_ms: int, statement_ms: int, local: bool) -> sql.SQL:
     values = [("lock_timeout", f"{lock_ms}ms"), ("statement_timeout", f"{statement_ms}ms")]
     if schema is not None:
         values.append(("search_path", sql.SQL("{}, public").format(sql.Identifier(schema)).as_string(None)))
-    return sql.SQL("SELECT {}").format(
+    statement = sql.SQL("SELECT {}").format(
         sql.SQL(", ").join(
             sql.SQL("set_config({}, {}, {})").format(sql.Literal(name), sql.Literal(value), sql.Literal(local))
             for name, value in values
         )
     )
+    return sql.SQL(statement.as_string(None))  # rendered once: it is sent for every migration of the tenant
 
 
 def _execute(conn: psycopg.Connection[Any], migration: files.MigrationFile, statement: files.Statement) -> None:

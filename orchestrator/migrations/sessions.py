@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -263,9 +264,9 @@ class Endpoint:
             return cls(repo, info, watchdog, PooledControl(info, repo.retry, watchdog, limit))
         return cls(repo, info, watchdog, SingleControl(info, repo.retry, watchdog, limit))
 
-    @property
+    @functools.cached_property
     def database(self) -> str:
-        return db.database_name(self.info)
+        return db.database_name(self.info)  # parses the conninfo: once, not once per tenant
 
     def workers(self) -> Dedicated:
         return Dedicated(self.info, self.watchdog, statement_limit(self.repo))
