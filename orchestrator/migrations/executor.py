@@ -143,9 +143,16 @@ def _non_transactional(
     timeouts, schema = target.repo.timeouts, target.schema if target.scope is Scope.TENANT else None
     # the lock timeout of the first statement (the usual start) set with the others: one round trip less
     first = _wait_ms(target, _code(statements[0].sql)) if statements else timeouts.lock_timeout_ms
-    with conn.pipeline():  # one round trip
-        conn.execute(_settings_for(schema, first, timeouts.statement_timeout_ms, False))
-        done, checksum = recorder.progress(conn, target.name, key)
+    # one query, one round trip (not a pipeline: a pipeline's fetch leaves libpq saying nothing is in progress,
+    # and the watchdog would not see the call wait on a silent connection)
+    cursor = conn.execute(
+        sql.SQL("{}\n;\n{}").format(
+            _settings_for(schema, first, timeouts.statement_timeout_ms, False),
+            recorder.progress_sql(target.name, key),
+        )
+    )
+    cursor.nextset()
+    done, checksum = recorder.progress_of(cursor.fetchone())
     if done and checksum not in (None, migration.checksum):
         raise MigrationFailed(
             f"{migration.path}: edited after {done} of its statements ran on {target.name}; restore the file, or "

@@ -285,10 +285,16 @@ def stored_texts(conn: psycopg.Connection[Any], scope: str) -> dict[int, tuple[s
 
 def progress(conn: psycopg.Connection[Any], target: str, version: int) -> tuple[int, str | None]:
     """Statements done of a partly applied migration, and the checksum of the file they came from."""
-    row = conn.execute(
-        "SELECT statements_done, checksum FROM orchestrator.progress WHERE target = %s AND version = %s",
-        (target, version),
-    ).fetchone()
+    return progress_of(conn.execute(progress_sql(target, version)).fetchone())
+
+
+def progress_sql(target: str, version: int) -> sql.Composed:
+    return sql.SQL(
+        "SELECT statements_done, checksum FROM orchestrator.progress WHERE target = {} AND version = {}"
+    ).format(sql.Literal(target), sql.Literal(version))
+
+
+def progress_of(row: Sequence[Any] | None) -> tuple[int, str | None]:
     return (int(row[0]), row[1]) if row else (0, None)
 
 
@@ -346,15 +352,23 @@ class Outcome:
 
 
 def record_tenants(conn: psycopg.Connection[Any], rollout: int, outcomes: Sequence[Outcome]) -> None:
-    """Upsert the outcomes (re-running it after a lost connection changes nothing), in one round trip."""
-    with conn.transaction(), conn.cursor() as cursor:
-        cursor.executemany(
-            "INSERT INTO orchestrator.rollout_tenants (rollout_id, tenant, status, attempts, applied, last_error) "
-            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (rollout_id, tenant) DO UPDATE SET "
-            "status = EXCLUDED.status, attempts = EXCLUDED.attempts, applied = EXCLUDED.applied, "
-            "last_error = EXCLUDED.last_error, finished_at = now()",
-            [(rollout, o.tenant, o.status, o.attempts, o.applied, o.error) for o in outcomes],
+    """Upsert the outcomes (re-running it after a lost connection changes nothing), as one statement (not
+    ``executemany``, whose pipeline the watchdog could not see waiting on a silent connection)."""
+    latest = {o.tenant: o for o in outcomes}  # one row per tenant: an upsert may not touch a row twice
+    rows = sql.SQL(", ").join(
+        sql.SQL("({}, {}, {}, {}, {}::text[], {})").format(
+            *(sql.Literal(v) for v in (rollout, o.tenant, o.status, o.attempts, o.applied, o.error))
         )
+        for o in latest.values()
+    )
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO orchestrator.rollout_tenants (rollout_id, tenant, status, attempts, applied, last_error) "
+            "VALUES {} ON CONFLICT (rollout_id, tenant) DO UPDATE SET status = EXCLUDED.status, "
+            "attempts = EXCLUDED.attempts, applied = EXCLUDED.applied, last_error = EXCLUDED.last_error, "
+            "finished_at = now()"
+        ).format(rows)
+    )
 
 
 def last_outcomes(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, str | None]]:
