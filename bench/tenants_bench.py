@@ -111,7 +111,7 @@ class Server:
     def db_url(self, name: str) -> str:
         return conninfo.make_conninfo(self.url, dbname=name)
 
-    def admin(self, statement: sql.Composable) -> None:
+    def admin(self, statement: sql.SQL | sql.Composed) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(statement)
 
