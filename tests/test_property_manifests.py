@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from orchestrator import config
@@ -139,6 +139,8 @@ YAMLISH = st.lists(
 
 @settings(max_examples=5000 if SOAK else 300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.binary(max_size=400), YAMLISH.map(lambda t: t.encode("utf-8", errors="surrogatepass"))))
+@example(b"\xc2\x85-")  # NEL: a line break to YAML, not to editors; the problem was reported on line 2 of 1
+@example(b"\r-")
 def test_arbitrary_bytes_never_crash_the_loader_or_the_validator(raw: bytes) -> None:
     """Any bytes at all: a model or located problems, never an exception."""
     directory = Path(tempfile.mkdtemp())

@@ -15,6 +15,7 @@ libyaml (``CParser``) is used when PyYAML was built with it; the pure-Python par
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -158,8 +159,10 @@ class _Builder:
         self.anchors: dict[str, tuple[Any, int]] = {}
         self.doc = Document(path, display, 0, None)
         self.total = 0
+        self.lines = _Lines("")
 
     def run(self, text: str) -> tuple[list[Document], list[Problem]]:
+        self.lines = _Lines(text)
         try:
             for event in self._events(text):
                 self._handle(event)
@@ -167,13 +170,13 @@ class _Builder:
             pass
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
-            where = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            where = self.lines.position(mark) if mark else (1, 1)
             last_line = text.count("\n") + (0 if text.endswith("\n") else 1)
             if where[0] > max(last_line, 1):  # "unexpected end of file": point at the last line
                 where = (max(last_line, 1), 1)
             message = f"YAML syntax error: {exc.problem or exc.context}"
             if exc.problem and exc.context and exc.context_mark:
-                message += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
+                message += f" ({exc.context} that starts at line {self.lines.position(exc.context_mark)[0]})"
             self.problems.append(Problem(self.display, *where, "", message))
         except yaml.YAMLError as exc:
             self.problems.append(Problem(self.display, 1, 1, "", f"YAML error: {exc}"))
@@ -191,7 +194,7 @@ class _Builder:
 
     def _handle(self, event: events.Event) -> None:
         if type(event) is events.ScalarEvent:  # the common case first
-            self._add(self._scalar(event), _mark(event), 1, event.anchor)
+            self._add(self._scalar(event), self._mark(event), 1, event.anchor)
         elif isinstance(event, events.DocumentStartEvent):
             self.stack = []
             self.anchors = {}
@@ -209,7 +212,7 @@ class _Builder:
             if event.anchor not in self.anchors:
                 self._fail(event, f"unknown alias *{event.anchor} (no &{event.anchor} before it in this document)")
             value, size = self.anchors[str(event.anchor)]
-            self._add(value, _mark(event), size, None)
+            self._add(value, self._mark(event), size, None)
 
     def _open(self, event: events.CollectionStartEvent) -> None:
         is_map = isinstance(event, events.MappingStartEvent)
@@ -217,7 +220,7 @@ class _Builder:
         if len(self.stack) >= MAX_DEPTH:
             self._fail(event, f"nesting deeper than {MAX_DEPTH} levels")
         path = self._child_path(event)
-        self.doc.marks[path] = _mark(event)
+        self.doc.marks[path] = self._mark(event)
         container: dict[str, Any] | list[Any] = {} if is_map else []
         self.stack.append(_Frame(container, path, event.anchor))
 
@@ -321,8 +324,12 @@ class _Builder:
             )
         top.key, top.key_mark = value, where
 
+    def _mark(self, event: events.Event) -> Mark:
+        mark = event.start_mark
+        return self.lines.position(mark) if mark is not None else (1, 1)
+
     def _fail(self, event: events.Event, message: str) -> None:
-        self.problems.append(Problem(self.display, *_mark(event), _fmt(self._path_here()), message))
+        self.problems.append(Problem(self.display, *self._mark(event), _fmt(self._path_here()), message))
         raise _Abort
 
     def _path_here(self) -> Path_:
@@ -332,9 +339,19 @@ class _Builder:
         return (*top.path, top.key) if isinstance(top.container, dict) and top.key else top.path
 
 
-def _mark(event: events.Event) -> Mark:
-    mark = event.start_mark
-    return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+class _Lines:
+    """Line and column as editors, grep and git count them (lines end at ``\n``): YAML also breaks lines at
+    NEL, LS, PS and a lone CR, which would point past the file's last line. Marks count characters; the line
+    starts are found once, so a position costs a bisection, not a scan."""
+
+    def __init__(self, text: str) -> None:
+        self.length = len(text)
+        self.starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n"]
+
+    def position(self, mark: Any) -> Mark:
+        index = min(max(int(mark.index), 0), self.length)
+        line = bisect.bisect_right(self.starts, index)
+        return (line, index - self.starts[line - 1] + 1)
 
 
 def _fmt(path: Path_) -> str:
