@@ -251,10 +251,6 @@ def record_sql(schema: str, *, version: int, name: str, checksum: str, duration_
     ).format(_table(schema), sql.Literal(version), sql.Literal(name), sql.Literal(checksum), sql.Literal(duration_ms))
 
 
-def forget(conn: psycopg.Connection[Any], schema: str, version: int) -> None:
-    conn.execute(forget_sql(schema, version))
-
-
 def forget_sql(schema: str, version: int) -> sql.Composed:
     return sql.SQL("DELETE FROM {} WHERE version = {}").format(_table(schema), sql.Literal(version))
 
@@ -283,11 +279,6 @@ def stored_texts(conn: psycopg.Connection[Any], scope: str) -> dict[int, tuple[s
     return {int(v): (str(n), str(b)) for v, n, b in rows.fetchall()}
 
 
-def progress(conn: psycopg.Connection[Any], target: str, version: int) -> tuple[int, str | None]:
-    """Statements done of a partly applied migration, and the checksum of the file they came from."""
-    return progress_of(conn.execute(progress_sql(target, version)).fetchone())
-
-
 def progress_sql(target: str, version: int) -> sql.Composed:
     return sql.SQL(
         "SELECT statements_done, checksum FROM orchestrator.progress WHERE target = {} AND version = {}"
@@ -295,6 +286,7 @@ def progress_sql(target: str, version: int) -> sql.Composed:
 
 
 def progress_of(row: Sequence[Any] | None) -> tuple[int, str | None]:
+    """Statements done of a partly applied migration, and the checksum of the file they came from."""
     return (int(row[0]), row[1]) if row else (0, None)
 
 
@@ -314,10 +306,6 @@ def forget_stale_progress(conn: psycopg.Connection[Any], target: str, version: i
         (target, version, checksum),
     )
     return cursor.rowcount > 0
-
-
-def clear_progress(conn: psycopg.Connection[Any], target: str, version: int, *, newer: bool = False) -> None:
-    conn.execute(clear_progress_sql(target, version, newer=newer))
 
 
 def clear_progress_sql(target: str, version: int, *, newer: bool = False) -> sql.Composed:
