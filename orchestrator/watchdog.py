@@ -65,8 +65,8 @@ class Watched:
     sock: socket.socket  # a duplicate of the connection's socket: valid even if libpq closes its own
     limit: float | None = None  # seconds a statement may take when the server cannot be asked
     on_abandon: OnAbandon | None = None
-    busy_since: float | None = None  # server clock, first probe that found the client waiting
-    busy_since_local: float | None = None
+    busy_since: float | None = None  # server clock: when the client was first seen waiting (as of the first view)
+    busy_since_local: float | None = None  # monotonic clock: when the client was first seen waiting
     abandoned: bool = False
     backend_start: datetime.datetime | None = None  # with pid, names the server session (once it is prepared)
     users: int = 1  # nested watch() calls of the same connection share one entry
@@ -250,7 +250,11 @@ class Watchdog:
         busy = self._busy_entries()
         if not busy:
             return
+        asked = time.monotonic()
         view = self._server_view([entry.pid for entry in busy])
+        if view is None:  # the probe's own connection was lost (it may freeze too): once more on a new one
+            asked = time.monotonic()
+            view = self._server_view([entry.pid for entry in busy])
         now = time.monotonic()
         if view is None:
             for entry in busy:
@@ -261,7 +265,7 @@ class Watchdog:
             return
         self._last_view = now
         for entry in busy:
-            self._judge(entry, view)
+            self._judge(entry, view, asked)
 
     def _busy_entries(self) -> list[Watched]:
         with self._lock:
@@ -281,18 +285,20 @@ class Watchdog:
             busy.append(entry)
         return busy
 
-    def _judge(self, entry: Watched, view: dict[int, SessionView]) -> None:
+    def _judge(self, entry: Watched, view: dict[int, SessionView], asked: float) -> None:
+        """``asked``: the monotonic time the view was asked for (the server's ``now`` is no earlier)."""
         state, changed, server_now, started, query_start = view[entry.pid]
         if entry.backend_start is None:
             entry.backend_start = started  # so that an abandoned session can be terminated
+        if entry.busy_since is None:  # on the server's clock: how long the client had waited when it was asked
+            waited = asked - entry.busy_since_local if entry.busy_since_local is not None else 0.0
+            entry.busy_since = server_now - max(waited, 0.0)
         if query_start != entry.query_start:  # another statement than last time: its own clock
             entry.query_start = query_start
             entry.busy_since_local = time.monotonic()
         if state is None:
             self._abandon(entry, "its server session is gone")
             return
-        if entry.busy_since is None:
-            entry.busy_since = server_now
         if state == "active":
             self.last_working = time.monotonic()  # the server is executing it: progress, however long it takes
             return

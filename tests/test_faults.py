@@ -319,7 +319,10 @@ def test_half_open_connections_in_the_daemon(tmp_path: Path, database_url: str) 
             "serve", "--config", "config", "--interval", "1s", "--listen", f"127.0.0.1:{port}", url=proxy.url()
         )
         try:
-            checked = _eventually(lambda: project.check(tenants, finished=True), timeout=240)
+            # wait on /status, then check the catalogs once: the full check (every tenant's catalog, temporary
+            # tables) run in a loop holds snapshots that the tenants' CREATE INDEX CONCURRENTLY must wait for
+            _eventually(lambda: _current_in_status(port, len(tenants)), timeout=240)
+            checked = project.check(tenants, finished=True)
             status = _eventually(lambda: _abandoned_in_status(port), timeout=120)
             metrics = _http(port, "/metrics")
         finally:
@@ -359,6 +362,12 @@ def _stop(process: subprocess.Popen[str], project: Project, timeout: float = 120
 def _http(port: int, path: str) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
         return str(response.read().decode())
+
+
+def _current_in_status(port: int, count: int) -> None:
+    repos = json.loads(_http(port, "/status"))["repos"]
+    assert repos, "no configuration loaded yet"
+    assert repos[0]["tenants_current"] == count, {k: v for k, v in repos[0].items() if k.startswith("tenants")}
 
 
 def _abandoned_in_status(port: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,10 @@ Conn = psycopg.Connection[Any]
 MARGIN_S = 30.0
 """How much longer than the repo's timeouts a statement may go unanswered before it is abandoned on time alone
 (only when the server itself cannot be asked, see ``watchdog``)."""
+
+
+CHECKOUT_TIMEOUT_S = 5.0
+"""How long one control-plane call waits for a pooled connection before it is retried (on a fresh one)."""
 
 
 def statement_limit(repo: model.Repo) -> float | None:
@@ -109,14 +114,7 @@ class SingleControl:
 
     def _open(self) -> Conn:
         if self._conn is None or self._conn.closed:
-            conn = db.open_connection(self.info)
-            try:
-                with self.watchdog.watching(conn, limit=self.limit) as entry:
-                    entry.pid, entry.backend_start = _prepare_control(conn)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn, self._session = conn, (entry.pid, entry.backend_start)
+            self._conn, self._session = _open_control(self.info, self.watchdog, self.limit)
         return self._conn
 
     def close(self) -> None:
@@ -169,13 +167,34 @@ class PooledControl:
             ConnectionPool.check_connection(conn)
 
     def run(self, call: Callable[[Conn], T]) -> T:
-        return repeat(self.policy, self.connection, call)
+        """The first attempt on a pooled connection; a retry on a fresh connection of its own, used at once.
+
+        Behind a bad network the pool can keep handing out connections that froze while they sat idle in it,
+        and psycopg_pool waits longer after each failed check (1 s, 2 s, 4 s ...) while the next one sits idle
+        too: in the fault tests a rollout's records waited minutes that way. A retry connects and runs its
+        call straight away, as the CLI's control plane does.
+        """
+        attempts = itertools.count()
+        return repeat(self.policy, lambda: self.connection() if next(attempts) == 0 else self._fresh(), call)
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Conn]:
-        with self.pool.connection(timeout=30) as conn, self.watchdog.watching(conn, limit=self.limit) as entry:
+        with (
+            self.pool.connection(timeout=CHECKOUT_TIMEOUT_S) as conn,
+            self.watchdog.watching(conn, limit=self.limit) as entry,
+        ):
             entry.pid, entry.backend_start = self._sessions.get(id(conn), (entry.pid, None))
             yield conn
+
+    @contextlib.contextmanager
+    def _fresh(self) -> Iterator[Conn]:
+        conn, session = _open_control(self.info, self.watchdog, self.limit)
+        with self.watchdog.watching(conn, limit=self.limit) as entry:
+            entry.pid, entry.backend_start = session
+            try:
+                yield conn
+            finally:
+                self.watchdog.close_connection(conn)
 
     def close(self) -> None:
         """Close the pool; the sessions of its connections are swept with the watchdog's (a connection that
@@ -184,6 +203,18 @@ class PooledControl:
         for session in self._sessions.values():
             self.watchdog.retire(session)
         self._sessions.clear()
+
+
+def _open_control(info: str, watchdog: Watchdog, limit: float | None) -> tuple[Conn, db.Session]:
+    """A new control connection, prepared while watched; returned with its session (pid, start)."""
+    conn = db.open_connection(info)
+    try:
+        with watchdog.watching(conn, limit=limit) as entry:
+            entry.pid, entry.backend_start = _prepare_control(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, (entry.pid, entry.backend_start)
 
 
 def _prepare_control(conn: Conn) -> db.Session:

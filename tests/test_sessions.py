@@ -1,0 +1,84 @@
+"""Connections behind a bad network: the daemon's control plane retries a call on a fresh connection (not on
+whatever the pool hands out next, which may have frozen while it sat there), and the watchdog abandons a silent
+connection as soon as it can ask the server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from orchestrator import model
+from orchestrator.migrations.sessions import PooledControl
+from orchestrator.watchdog import Watchdog
+from tests.conftest import wait_for
+
+POLICY = model.Retry(attempts=3, initial_delay_ms=10, max_delay_ms=50)
+
+
+def _alive(url: str, pid: int) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() is not None
+
+
+def test_a_control_call_retried_after_a_lost_pooled_connection_runs_on_a_fresh_one(database_url: str) -> None:
+    watchdog = Watchdog(database_url)
+    control = PooledControl(database_url, POLICY, watchdog)
+    pids: list[int] = []
+
+    def call(conn: psycopg.Connection[Any]) -> int:
+        pids.append(conn.info.backend_pid)
+        if len(pids) == 1:  # the first attempt loses its connection (the server ends the session)
+            with psycopg.connect(database_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+            wait_for(lambda: not _alive(database_url, pids[0]), "the pooled session to end")
+        conn.execute("SELECT 1")  # the retry's connection works
+        return conn.info.backend_pid
+
+    try:
+        pooled = control.run(lambda conn: conn.info.backend_pid)
+        assert control.run(call) == pids[1], "the retry succeeded, on the connection it was given"
+        assert pids[0] == pooled and pids[1] != pooled, "the first attempt was the pool's, the retry's was fresh"
+        wait_for(lambda: not _alive(database_url, pids[1]), "the fresh connection to be closed once used")
+        after = control.run(lambda conn: conn.info.backend_pid)
+        assert after not in pids and _alive(database_url, after), "the pool replaced its lost connection"
+    finally:
+        control.close()
+        watchdog.close()
+
+
+def test_a_silent_connection_is_abandoned_at_the_first_view_after_a_blind_spell(database_url: str) -> None:
+    """The watchdog's own connection can be lost too (it crosses the same network). A client that had already
+    waited past the grace when the server could be asked again is abandoned on that view, not one grace
+    later: behind a network that keeps freezing connections, those spells added up to minutes."""
+    refused = [2]  # the probe's first round: its connection and the one retry both fail
+
+    def connect(info: str) -> psycopg.Connection[Any]:
+        if refused[0]:
+            refused[0] -= 1
+            raise psycopg.OperationalError("the watchdog's connection was lost")
+        return psycopg.connect(info, autocommit=True)
+
+    watchdog = Watchdog(database_url, interval=3600, grace=0.5, connect=connect)  # rounds driven by the test
+    conn = psycopg.connect(database_url, autocommit=True)
+    try:
+        entry = watchdog.watch(conn)
+        conn.pgconn.send_query(b"SELECT 1")  # its answer is never read: the client waits, the server is idle
+        watchdog.check()  # the client is seen waiting; the server cannot be asked
+        assert refused == [0] and not entry.abandoned
+        wait_for(lambda: _idle_for(database_url, conn.info.backend_pid) > 1.0, "the session to be idle past grace")
+        watchdog.check()  # the first view: the client has waited longer than the grace
+        assert entry.abandoned
+    finally:
+        watchdog.close()
+        conn.close()
+
+
+def _idle_for(url: str, pid: int) -> float:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM clock_timestamp() - state_change)::float8 FROM pg_stat_activity "
+            "WHERE pid = %s AND state = 'idle'",
+            (pid,),
+        ).fetchone()
+    return float(row[0]) if row else 0.0
