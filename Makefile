@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(PY) -m compileall -q orchestrator  # an editable install is not byte-compiled (pip compiles the image's)
 	touch $(STAMP)
 
 # The daemon on the example manifests: generates their migrations, applies the global ones to every repo, seeds
