@@ -247,18 +247,28 @@ def _settings_sql(target: Target, *, local: bool) -> sql.SQL:
     return _settings_for(schema, timeouts.lock_timeout_ms, timeouts.statement_timeout_ms, local)
 
 
-@functools.lru_cache(maxsize=1024)
 def _settings_for(schema: str | None, lock_ms: int, statement_ms: int, local: bool) -> sql.SQL:
-    values = [("lock_timeout", f"{lock_ms}ms"), ("statement_timeout", f"{statement_ms}ms")]
+    """Each part rendered (quoted) once and kept: the timeouts once per run, a tenant's search_path once per
+    tenant; a rollout sends these with every migration of every tenant."""
+    rendered = _set_config("lock_timeout", f"{lock_ms}ms", local) + ", "
+    rendered += _set_config("statement_timeout", f"{statement_ms}ms", local)
     if schema is not None:
-        values.append(("search_path", sql.SQL("{}, public").format(sql.Identifier(schema)).as_string(None)))
-    statement = sql.SQL("SELECT {}").format(
-        sql.SQL(", ").join(
-            sql.SQL("set_config({}, {}, {})").format(sql.Literal(name), sql.Literal(value), sql.Literal(local))
-            for name, value in values
-        )
+        rendered += ", " + _search_path(schema, local)
+    return sql.SQL("SELECT " + rendered)
+
+
+@functools.lru_cache(maxsize=64)
+def _set_config(name: str, value: str, local: bool) -> str:
+    return (
+        sql.SQL("set_config({}, {}, {})")
+        .format(sql.Literal(name), sql.Literal(value), sql.Literal(local))
+        .as_string(None)
     )
-    return sql.SQL(statement.as_string(None))  # rendered once: it is sent for every migration of the tenant
+
+
+@functools.lru_cache(maxsize=4096)
+def _search_path(schema: str, local: bool) -> str:
+    return _set_config("search_path", sql.SQL("{}, public").format(sql.Identifier(schema)).as_string(None), local)
 
 
 def _execute(conn: psycopg.Connection[Any], migration: files.MigrationFile, statement: files.Statement) -> None:

@@ -275,8 +275,8 @@ class TenantRollout:
                         break
                 queue = collections.deque(rest)
                 running: dict[futures.Future[TenantResult], str] = {}
+                failed = 0
                 while queue or running:
-                    failed = sum(r.status == "failed" for r in results.values())
                     stopping = self.stop is not None and self.stop.is_set()
                     while queue and not stopping and len(running) < concurrency and (limit is None or failed < limit):
                         tenant = queue.popleft()
@@ -286,7 +286,9 @@ class TenantRollout:
                     finished, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
                     for future in finished:
                         running.pop(future)
-                        self._done(rollout, future.result(), results, bar)
+                        result = future.result()
+                        failed += result.status == "failed"
+                        self._done(rollout, result, results, bar)
             for tenant in rest:
                 results.setdefault(tenant, TenantResult(tenant, "skipped", error="not started: the rollout stopped"))
             if limit is not None and queue:
