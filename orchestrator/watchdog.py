@@ -43,8 +43,9 @@ if TYPE_CHECKING:
     from orchestrator import db
 
 OnAbandon = Callable[[int, str], None]
-Orphan = tuple[int, datetime.datetime, float]
-"""A server session to terminate: pid, backend_start, and when it is due (monotonic)."""
+Orphan = tuple[int, datetime.datetime | None, float]
+"""A server session to terminate: pid, backend_start (None: a probe of ours lost on its first query), and when
+it is due (monotonic)."""
 SessionView = tuple[str | None, float | None, float, datetime.datetime | None, datetime.datetime | None]
 """What the server says of a session: state, when it changed, its clock now, backend_start, query_start."""
 
@@ -79,13 +80,17 @@ LINGER = 1.0
 """Seconds a closed connection's session may take to end by itself before it is terminated."""
 
 _START = "SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()"
+# A session is named by pid and start; a probe of ours lost before it learnt its start (frozen on its first
+# query) by pid and the watchdog's application_name.
 _LEFT = """
 SELECT a.pid FROM unnest(%s::int[], %s::timestamptz[]) AS o(pid, started)
-JOIN pg_catalog.pg_stat_activity a ON a.pid = o.pid AND a.backend_start = o.started
+JOIN pg_catalog.pg_stat_activity a ON a.pid = o.pid
+    AND (a.backend_start = o.started OR (o.started IS NULL AND a.application_name = 'orchestrator-watchdog'))
 """
 _TERMINATE = """
 SELECT pg_terminate_backend(a.pid) FROM unnest(%s::int[], %s::timestamptz[]) AS o(pid, started)
-JOIN pg_catalog.pg_stat_activity a ON a.pid = o.pid AND a.backend_start = o.started
+JOIN pg_catalog.pg_stat_activity a ON a.pid = o.pid
+    AND (a.backend_start = o.started OR (o.started IS NULL AND a.application_name = 'orchestrator-watchdog'))
 """
 
 
@@ -403,7 +408,7 @@ class Watchdog:
             pid = self._probe_pid
             with contextlib.suppress(Exception):
                 probe.close()
-            if retire and pid and start is not None:
+            if retire and pid:  # its start unknown if it was lost on its first query (see _LEFT)
                 with self._lock:
                     self._orphans.append((pid, start, time.monotonic()))  # due at once: it failed
 

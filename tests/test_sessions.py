@@ -82,3 +82,37 @@ def _idle_for(url: str, pid: int) -> float:
             (pid,),
         ).fetchone()
     return float(row[0]) if row else 0.0
+
+
+def test_a_probe_lost_on_its_first_query_does_not_leave_its_session_behind(database_url: str) -> None:
+    """The watchdog's connection can freeze before it has learnt its session's start (its first query): the
+    session is still found (by pid and the watchdog's name) and terminated, not left idle on the server."""
+    lost: list[psycopg.Connection[Any]] = []
+
+    def connect(info: str) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(info, autocommit=True, application_name="orchestrator-watchdog")
+        if not lost:  # the first probe: its first query never returns, and its goodbye never arrives
+            lost.append(conn)
+
+            def frozen(*args: object, **kwargs: object) -> Any:
+                raise psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly")
+
+            conn.execute = frozen  # type: ignore[method-assign]
+            conn.close = lambda: None  # type: ignore[method-assign]
+        return conn
+
+    watchdog = Watchdog(database_url, interval=3600, connect=connect)  # rounds driven by the test
+    conn = psycopg.connect(database_url, autocommit=True)
+    try:
+        watchdog.watch(conn)
+        conn.pgconn.send_query(b"SELECT 1")  # a client waiting, so that the watchdog asks the server
+        watchdog.check()  # the first probe is lost; the round asks again on a new one
+        assert lost and _alive(database_url, lost[0].info.backend_pid), "the lost probe's session is still there"
+        watchdog.close()  # sweeps what is left
+        pid = lost[0].info.backend_pid
+        wait_for(lambda: not _alive(database_url, pid), "the lost probe's session to be terminated")
+    finally:
+        watchdog.close()
+        conn.close()
+        for each in lost:
+            psycopg.Connection.close(each)
