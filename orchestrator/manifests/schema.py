@@ -15,7 +15,6 @@ import json
 import marshal
 import os
 import sys
-import tempfile
 import types
 from collections.abc import Callable
 from functools import cache
@@ -89,11 +88,14 @@ def _validator_code(kind: str, definition: dict[str, Any]) -> types.CodeType:
         if isinstance(code, types.CodeType):
             return code
     code = compile(fastjsonschema.compile_to_code(definition), f"<{kind} schema validator>", "exec")
-    with contextlib.suppress(OSError):
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # renamed into place: whole or not at all
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as out:  # whole or not at all
-            out.write(marshal.dumps(code))
-        os.replace(out.name, path)
+        partial.write_bytes(marshal.dumps(code))
+        os.replace(partial, path)
+    except OSError:  # no cache then; a half-written file is not left behind
+        with contextlib.suppress(OSError):
+            partial.unlink()
     return code
 
 
