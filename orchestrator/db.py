@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo, timeout_from_conninfo
 
 from orchestrator import embedded, model
 from orchestrator.errors import ConfigError, DatabaseError, Problem
@@ -210,9 +210,13 @@ def _embedded_exists(root: Path, name: str) -> bool:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
 
+APPLICATION_NAME = "orchestrator"
+CONNECT_TIMEOUT_S = 10
+"""Seconds a connect may take unless the repo's URL says otherwise (``connect_timeout``, or libpq's
+``PGCONNECT_TIMEOUT``)."""
+
 CONNECT_OPTIONS: dict[str, Any] = {
-    "application_name": "orchestrator",
-    "connect_timeout": 10,
+    "application_name": APPLICATION_NAME,
     # A peer that vanished (a node gone, a NAT entry dropped) is noticed within about a minute instead of the
     # kernel's two hours, so the attempt fails as a lost connection and is retried on a new one.
     "keepalives": 1,
@@ -223,11 +227,29 @@ CONNECT_OPTIONS: dict[str, Any] = {
 """libpq options for every connection the orchestrator opens (single ones and the rollout's pool)."""
 
 
+def connect_timeout(info: str) -> int:
+    """The seconds a connect to ``info`` may take: its own ``connect_timeout`` (or ``PGCONNECT_TIMEOUT``) as
+    psycopg reads it (2 s at least), else ``CONNECT_TIMEOUT_S``."""
+    given = conninfo_to_dict(info).get("connect_timeout") or os.environ.get("PGCONNECT_TIMEOUT")
+    if given is None:
+        return CONNECT_TIMEOUT_S
+    return timeout_from_conninfo({"connect_timeout": given})
+
+
+def connect_options(info: str) -> dict[str, Any]:
+    """libpq options for a connection to ``info`` (``CONNECT_OPTIONS`` and its connect timeout)."""
+    return CONNECT_OPTIONS | {"connect_timeout": connect_timeout(info)}
+
+
 def open_connection(
-    info: str, *, autocommit: bool = True, application_name: str = "orchestrator", connect_timeout: int = 10
+    info: str, *, autocommit: bool = True, application_name: str = APPLICATION_NAME, timeout: int | None = None
 ) -> psycopg.Connection[tuple[object, ...]]:
-    """Connect, letting psycopg's errors through (for callers that retry transient ones)."""
-    options = CONNECT_OPTIONS | {"application_name": application_name, "connect_timeout": connect_timeout}
+    """Connect, letting psycopg's errors through (for callers that retry transient ones). ``timeout``: the
+    connect's, when not ``connect_timeout(info)``."""
+    options = CONNECT_OPTIONS | {
+        "application_name": application_name,
+        "connect_timeout": timeout if timeout is not None else connect_timeout(info),
+    }
     return psycopg.connect(info, autocommit=autocommit, **options)
 
 

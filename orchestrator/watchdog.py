@@ -78,6 +78,11 @@ class Watched:
 
 LINGER = 1.0
 """Seconds a closed connection's session may take to end by itself before it is terminated."""
+PROBE_NAME = "orchestrator-watchdog"
+PROBE_CONNECT_TIMEOUT = 2
+STILLBORN_DELAY = 1.0
+"""Seconds after a timed-out connect before its session is looked for: by then the session, started after the
+connect began, is older than the connect's timeout."""
 
 _START = "SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()"
 # A session is named by pid and start; a probe of ours lost before it learnt its start (frozen on its first
@@ -85,13 +90,25 @@ _START = "SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_b
 _LEFT = """
 SELECT a.pid FROM unnest(%s::int[], %s::timestamptz[]) AS o(pid, started)
 JOIN pg_catalog.pg_stat_activity a ON a.pid = o.pid
-    AND (a.backend_start = o.started OR (o.started IS NULL AND a.application_name = 'orchestrator-watchdog'))
+    AND (a.backend_start = o.started OR (o.started IS NULL AND a.application_name = %s))
 """
 _TERMINATE = """
 SELECT pg_terminate_backend(a.pid) FROM unnest(%s::int[], %s::timestamptz[]) AS o(pid, started)
 JOIN pg_catalog.pg_stat_activity a ON a.pid = o.pid
-    AND (a.backend_start = o.started OR (o.started IS NULL AND a.application_name = 'orchestrator-watchdog'))
+    AND (a.backend_start = o.started OR (o.started IS NULL AND a.application_name = %s))
 """
+
+
+# A connect that timed out may have left a session behind: the server finished the start-up, its answer was lost
+# (a connection frozen mid-handshake). Nobody learnt its pid; it never ran a query, and no client of ours still
+# waits for it once it is older than that connect's timeout (on the server's own clock).
+_STILLBORN = """
+SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity
+WHERE datname = current_database() AND usename = current_user AND application_name = %s
+    AND state = 'idle' AND query_start IS NULL AND backend_start < clock_timestamp() - make_interval(secs => %s)
+"""
+Stillborn = tuple[str, float, float]
+"""Sessions a timed-out connect may have left: their application_name, the connect's timeout (s), when due."""
 
 
 def _busy(conn: psycopg.Connection[Any]) -> bool:
@@ -140,6 +157,7 @@ class Watchdog:
     _probe_started: float | None = None
     _last_view: float = field(default_factory=time.monotonic)
     _orphans: list[Orphan] = field(default_factory=list)  # pid, backend_start, when retired
+    _stillborn: list[Stillborn] = field(default_factory=list)
     _probing: threading.Lock = field(default_factory=threading.Lock)  # one user of the probe connection
     _probe_start: datetime.datetime | None = None
     _probe_pid: int = 0
@@ -178,6 +196,13 @@ class Watchdog:
             with self._lock:
                 self._orphans.append((pid, started, time.monotonic() + LINGER))
 
+    def connect_timed_out(self, application_name: str, timeout: float) -> None:
+        """A connect of ours timed out: the session it may have left is looked for once it is older than
+        ``timeout`` (see ``_STILLBORN``), and terminated."""
+        with self._lock:
+            self._stillborn.append((application_name, timeout, time.monotonic() + STILLBORN_DELAY))
+        self._start()
+
     def close_connection(self, conn: psycopg.Connection[Any], *, session: db.Session | None = None) -> None:
         """Close a connection and make sure its server session ends: a connection that froze while idle never
         delivers its goodbye, so the session is looked for (and terminated) afterwards. ``session``: its pid
@@ -207,7 +232,7 @@ class Watchdog:
         for entry in entries:
             entry.sock.close()
         with self._probing:  # the probe thread is between rounds: nothing of it runs unguarded past here
-            if self._orphans or self._probe is not None:
+            if self._orphans or self._stillborn or self._probe is not None:
                 self._start()  # the guard must be running: the sweep's own connection may be frozen too
                 if self._probe is not None and not self._probe_answers():
                     self._drop_probe()  # frozen itself: its session is swept from a new connection
@@ -337,26 +362,43 @@ class Watchdog:
         A connection closed normally gets a second (``LINGER``) to deliver its goodbye; an abandoned one is due
         at once. ``final`` (closing the watchdog): keep at it, reconnecting, until none is left or time is up.
         """
-        deadline = time.monotonic() + (3 * (self.probe_timeout + LINGER) if final else 0.0)
+        deadline = time.monotonic() + (3 * (self.probe_timeout + LINGER) + STILLBORN_DELAY if final else 0.0)
         while True:
             with self._lock:
-                pending = list(self._orphans)
+                pending, stillborn = list(self._orphans), list(self._stillborn)
             now = time.monotonic()
-            if not pending or (not final and all(due > now for _, _, due in pending)):
+            dues = [due for _, _, due in pending] + [due for _, _, due in stillborn]
+            if not dues or (not final and min(dues) > now):
                 return
+            left: list[Orphan] | None = None
+            born: list[Stillborn] | None = None
             try:
-                left = self._ended(pending, now)
+                left, born = self._ended(pending, now), self._stillborn_ended(stillborn, now)
             except psycopg.Error:
                 self._drop_probe()
-                left = None
-            if left is not None:
+            if left is not None and born is not None:
                 with self._lock:
                     self._orphans = [o for o in self._orphans if o not in pending or o in left]
-                if not left:
+                    self._stillborn = [s for s in self._stillborn if s not in stillborn or s in born]
+                if not left and not born:
                     return
             if not final or time.monotonic() > deadline:
                 return
             time.sleep(0.05)
+
+    def _stillborn_ended(self, pending: list[Stillborn], now: float) -> list[Stillborn]:
+        """Terminate the sessions the due timed-out connects left; return the entries not yet due."""
+        due = {(name, timeout) for name, timeout, when in pending if when <= now}
+        if due:
+            conn = self._probe_connection()
+            self._probe_started = time.monotonic()
+            try:
+                for name, timeout in due:
+                    row = conn.execute(_STILLBORN, (name, timeout)).fetchone()
+                    self.swept += int(row[0]) if row else 0
+            finally:
+                self._probe_started = None
+        return [entry for entry in pending if entry[2] > now]
 
     def _ended(self, pending: list[Orphan], now: float) -> list[Orphan]:
         """Terminate the pending sessions that are due; return the ones still there and not yet due."""
@@ -364,10 +406,10 @@ class Watchdog:
         keys = ([pid for pid, _, _ in pending], [start for _, start, _ in pending])
         self._probe_started = time.monotonic()
         try:
-            there = {int(r[0]) for r in conn.execute(_LEFT, keys).fetchall()}
+            there = {int(r[0]) for r in conn.execute(_LEFT, (*keys, PROBE_NAME)).fetchall()}
             due = [o for o in pending if o[0] in there and o[2] <= now]
             if due:
-                conn.execute(_TERMINATE, ([pid for pid, _, _ in due], [start for _, start, _ in due]))
+                conn.execute(_TERMINATE, ([pid for pid, _, _ in due], [start for _, start, _ in due], PROBE_NAME))
                 self.swept += len(due)
         finally:
             self._probe_started = None
@@ -378,7 +420,11 @@ class Watchdog:
             self._drop_probe()
             self._probe_started = time.monotonic()  # connecting is guarded too (connect_timeout as well)
             try:
-                probe = (self.connect or _connect)(self.info)
+                try:
+                    probe = (self.connect or _connect)(self.info)
+                except psycopg.errors.ConnectionTimeout:
+                    self.connect_timed_out(PROBE_NAME, PROBE_CONNECT_TIMEOUT)
+                    raise
                 self._probe_sock = socket.socket(fileno=os.dup(probe.pgconn.socket))
                 self._probe, self._probe_pid = probe, probe.info.backend_pid
                 self._probe_started = time.monotonic()  # the deadline of the query, not of the connect
@@ -431,4 +477,4 @@ class Watchdog:
 def _connect(info: str) -> psycopg.Connection[Any]:
     from orchestrator import db
 
-    return db.open_connection(info, application_name="orchestrator-watchdog", connect_timeout=2)
+    return db.open_connection(info, application_name=PROBE_NAME, timeout=PROBE_CONNECT_TIMEOUT)

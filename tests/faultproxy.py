@@ -10,6 +10,9 @@ while armed, picks a live connection at random moments and does one of:
 * ``freeze``: nothing forwarded ever again, both sockets left open (half-open: a dead middlebox, a hung sidecar
   proxy or a lost NAT entry; the kernel keeps ACKing, so TCP keepalives never fire);
 * ``storm``: every open connection reset at once (a restarted load balancer or pgbouncer);
+* ``mute_handshakes`` (set by a test, not drawn): the next N new connections freeze just before the server's
+  last start-up message reaches the client (mid-handshake: the server has a ready session nobody knows of,
+  the client's connect times out);
 * ``storm-leak``: a storm in which the proxy forgets the server side of some connections (``LEAK_RATIO``)
   instead of closing it (a proxy whose client-side state was lost): PostgreSQL keeps those sessions, idle and
   holding their locks, until something ends them.
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 from psycopg import conninfo
 
 LEAK_RATIO = 0.1
+_READY = b"Z\x00\x00\x00\x05"  # ReadyForQuery: the server's last message of a connection's start-up
 KINDS = ("reset", "stall", "hiccup")
 """The default mix; ``freeze`` and ``storm`` are chosen explicitly (``kinds=("freeze",)``)."""
 
@@ -46,6 +50,7 @@ class _Pair:
     pause_until: float = 0.0
     reset_at: float | None = None
     leak: bool = False  # on reset, keep the server side open (never read, never closed until the proxy stops)
+    mute: bool = False  # the server's side is never read: the client never hears back
     closed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -88,6 +93,7 @@ class FaultProxy:
         self.armed = threading.Event()
         self.faults: collections.Counter[str] = collections.Counter()
         self.connections = 0
+        self.mute_handshakes = 0
         self._pairs: list[_Pair] = []
         self._leaked: list[_Pair] = []
         self._lock = threading.Lock()
@@ -142,6 +148,10 @@ class FaultProxy:
                 continue
             pair = _Pair(client, server)
             with self._lock:
+                if self.mute_handshakes > 0:
+                    self.mute_handshakes -= 1
+                    pair.mute = True
+                    self.faults["mute-handshake"] += 1
                 self._pairs.append(pair)
                 self.connections += 1
             threading.Thread(target=self._pump, args=(pair,), daemon=True).start()
@@ -162,6 +172,9 @@ class FaultProxy:
                     data = sock.recv(65536)
                     if not data:
                         pair.close(rst=False)
+                        break
+                    if pair.mute and sock is pair.server and _READY in data:  # the handshake's end: lost
+                        pair.pause_until = math.inf
                         break
                     ends[sock].sendall(data)
         except OSError:

@@ -310,6 +310,26 @@ def test_half_open_connections_are_abandoned_and_the_rollout_finishes(
     )
 
 
+def test_connects_frozen_mid_handshake_leave_no_session_behind(tmp_path: Path, database_url: str) -> None:
+    """A connection can freeze before the client hears the end of the start-up: the server has a ready session
+    whose pid nobody learnt, and the client's connect times out. The connect is retried, and that session is
+    found (ours, never used, older than the connect's timeout) and terminated, not left idle on the server."""
+    project = Project(tmp_path, database_url)
+    project.generate(1)
+    assert project.cli("migrate").code == 0
+    tenants = names(6)
+    project.register(tenants)
+    with FaultProxy(database_url, seed=SEED, kinds=("freeze",)) as proxy:
+        proxy.mute_handshakes = 3  # the control connection and two workers' first connects
+        result = project.cli("migrate", "--tenants", "--json", url=f"{proxy.url()} connect_timeout=2")
+        assert result.code == 0, result.err[-3000:]
+        assert proxy.faults["mute-handshake"] == 3
+        report = json.loads(result.out)["repos"][0]["tenants"]
+        assert sorted(t["tenant"] for t in report if t["status"] == "migrated") == tenants
+        assert _sessions_left(database_url) == [], "a session of a timed-out connect outlived the run"
+    project.check(tenants, finished=True)
+
+
 def test_half_open_connections_in_the_daemon(tmp_path: Path, database_url: str) -> None:
     """The daemon's reconcile through a proxy that freezes a connection every 0.5-3 s: it finishes, /status
     shows the abandoned connections (and the metric counts them), and SIGTERM leaves no session behind."""

@@ -7,11 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+import pytest
 
 from orchestrator import model
+from orchestrator.migrations import sessions
 from orchestrator.migrations.sessions import PooledControl
 from orchestrator.watchdog import Watchdog
 from tests.conftest import wait_for
+from tests.faultproxy import FaultProxy
 
 POLICY = model.Retry(attempts=3, initial_delay_ms=10, max_delay_ms=50)
 
@@ -116,3 +119,49 @@ def test_a_probe_lost_on_its_first_query_does_not_leave_its_session_behind(datab
         conn.close()
         for each in lost:
             psycopg.Connection.close(each)
+
+
+def _never_used(url: str) -> list[int]:
+    """Sessions of ours that never ran a query (what a connect frozen mid-handshake leaves)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name LIKE 'orchestrator%%' AND query_start IS NULL AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [int(pid) for (pid,) in rows]
+
+
+def test_a_connect_frozen_mid_handshake_leaves_no_session_behind(database_url: str) -> None:
+    """The server's last start-up message is lost: it has a ready session whose pid the client never learnt,
+    and the client's connect times out. The watchdog finds that session (ours, never used, older than the
+    connect's timeout) and terminates it; without that it would stay idle for good (its idle timeout is set
+    by the first query, which never came)."""
+    with FaultProxy(database_url, seed=1, kinds=("freeze",)) as proxy:
+        url = f"{proxy.url()} connect_timeout=2"
+        watchdog = Watchdog(url)
+        proxy.mute_handshakes = 1
+        try:
+            with pytest.raises(psycopg.errors.ConnectionTimeout):
+                sessions.connect(url, watchdog)
+            assert len(_never_used(database_url)) == 1, "the server kept the session its client never heard of"
+        finally:
+            watchdog.close()
+        assert watchdog.swept == 1
+        assert _never_used(database_url) == []
+
+
+def test_a_pooled_connect_frozen_mid_handshake_leaves_no_session_behind(database_url: str) -> None:
+    """The same for the daemon's pool, which connects in a thread of its own."""
+    with FaultProxy(database_url, seed=1, kinds=("freeze",)) as proxy:
+        url = f"{proxy.url()} connect_timeout=2"
+        proxy.mute_handshakes = 1
+        watchdog = Watchdog(url)
+        control = PooledControl(url, POLICY, watchdog)
+        try:
+            assert control.run(lambda conn: conn.execute("SELECT 1").fetchone()) == (1,)
+        finally:
+            control.close()
+            watchdog.close()
+        assert proxy.faults["mute-handshake"] == 1
+        assert watchdog.swept >= 1
+        assert _never_used(database_url) == []

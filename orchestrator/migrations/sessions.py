@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -143,7 +143,8 @@ class PooledControl:
 
         self.pool = ConnectionPool(
             self.info,
-            kwargs=db.CONNECT_OPTIONS | {"autocommit": True},
+            connection_class=_timeouts_told(self.watchdog, db.connect_timeout(self.info)),
+            kwargs=db.connect_options(self.info) | {"autocommit": True},
             configure=self._configure,
             check=self._check,
             min_size=1,
@@ -205,9 +206,19 @@ class PooledControl:
         self._sessions.clear()
 
 
+def connect(info: str, watchdog: Watchdog) -> Conn:
+    """A new connection; a connect that timed out is told to the watchdog, which ends the session it may have
+    left on the server (frozen mid-handshake: the server is ready, its answer never arrived)."""
+    try:
+        return db.open_connection(info)
+    except psycopg.errors.ConnectionTimeout:
+        watchdog.connect_timed_out(db.APPLICATION_NAME, db.connect_timeout(info))
+        raise
+
+
 def _open_control(info: str, watchdog: Watchdog, limit: float | None) -> tuple[Conn, db.Session]:
     """A new control connection, prepared while watched; returned with its session (pid, start)."""
-    conn = db.open_connection(info)
+    conn = connect(info, watchdog)
     try:
         with watchdog.watching(conn, limit=limit) as entry:
             entry.pid, entry.backend_start = _prepare_control(conn)
@@ -215,6 +226,22 @@ def _open_control(info: str, watchdog: Watchdog, limit: float | None) -> tuple[C
         conn.close()
         raise
     return conn, (entry.pid, entry.backend_start)
+
+
+def _timeouts_told(watchdog: Watchdog, timeout: int) -> type[Conn]:
+    """psycopg's connection class, telling ``watchdog`` of a connect that timed out (psycopg_pool connects
+    with it: see ``connect``)."""
+
+    class TimeoutsTold(psycopg.Connection[Any]):
+        @classmethod
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+            try:
+                return super().connect(conninfo, **kwargs)
+            except psycopg.errors.ConnectionTimeout:
+                watchdog.connect_timed_out(db.APPLICATION_NAME, timeout)
+                raise
+
+    return TimeoutsTold
 
 
 def _prepare_control(conn: Conn) -> db.Session:
@@ -244,7 +271,7 @@ class Dedicated:
         """The calling thread's connection and its watchdog entry (set ``on_abandon`` to hear of a cut)."""
         conn: Conn | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
-            conn = db.open_connection(self.info)
+            conn = connect(self.info, self.watchdog)
             with self._lock:  # the lost ones are closed already; keep only what close() still has to close
                 self._opened = [c for c in self._opened if not c.closed] + [conn]
             self._local.conn = conn
