@@ -2,4 +2,4 @@
 
 from orchestrator import cli
 
-raise SystemExit(cli.main())
+cli.run()

@@ -8,12 +8,13 @@ JSON document on stdout in every case, errors included, so scripts never parse p
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import psycopg
 
@@ -60,6 +61,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the output was piped into something that stopped reading (head)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+
+
+def run() -> NoReturn:
+    """The ``orchestrator`` command (and ``python -m orchestrator``): ``main``, then exit with its code.
+
+    Everything the command made is left out of the interpreter's last garbage collection (``gc.freeze``):
+    connections are closed and output flushed by then, and walking a large rollout's objects cost 50 ms of a
+    1,000-tenant no-op's exit.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
 
 
 def _parser() -> argparse.ArgumentParser:

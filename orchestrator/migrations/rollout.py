@@ -189,7 +189,7 @@ class TenantRollout:
             failed = {t for t, (status, _) in recorder.last_outcomes(control).items() if status == "failed"}
             names = [n for n in names if n in failed]
         outside = [c for c in self.repo.rollout.canary if c in listed and c not in names]
-        states = bulk.states(control, [*names, *outside])
+        states = bulk.states(control, [*names, *outside], helper=self.endpoint.control.extra)
         self._adopted = {name for name, found in states.items() if found.adopted}
         stale = _stale_progress(control, self.repo.name, self._migrations) if options.action is Action.REPAIR else set()
         inside = [c for c in self.repo.rollout.canary if c in names]

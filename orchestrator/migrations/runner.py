@@ -171,11 +171,13 @@ class Runner:
         """Per tenant: applied, pending, and the outcome of its last rollout (bulk queries)."""
         migrations = self.tenant_migrations(repo)
 
+        control = self.endpoint(repo).control
+
         def read(conn: Conn) -> tuple[Sequence[str], dict[str, bulk.TenantState], dict[str, tuple[str, str | None]]]:
             names = tenants.list_tenants(repo, conn).tenants
-            return names, bulk.states(conn, names), recorder.last_outcomes(conn)
+            return names, bulk.states(conn, names, helper=control.extra), recorder.last_outcomes(conn)
 
-        names, states, outcomes = self.endpoint(repo).control.run(read)
+        names, states, outcomes = control.run(read)
         rows = []
         for name in names:
             applied = states[name].applied

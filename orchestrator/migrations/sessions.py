@@ -69,6 +69,10 @@ class ControlPlane(Protocol):
         """A control connection for a block (not retried: for callers that hold a lock across calls)."""
         ...
 
+    def extra(self) -> contextlib.AbstractContextManager[Conn]:
+        """Another connection beside the one a call runs on, for reading in parallel (``bulk.states``)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -111,6 +115,9 @@ class SingleControl:
                 if _unusable(conn):
                     self.close()
                 raise
+
+    def extra(self) -> contextlib.AbstractContextManager[Conn]:
+        return fresh(self.info, self.watchdog, self.limit)
 
     def _open(self) -> Conn:
         if self._conn is None or self._conn.closed:
@@ -176,7 +183,14 @@ class PooledControl:
         call straight away, as the CLI's control plane does.
         """
         attempts = itertools.count()
-        return repeat(self.policy, lambda: self.connection() if next(attempts) == 0 else self._fresh(), call)
+        return repeat(
+            self.policy,
+            lambda: self.connection() if next(attempts) == 0 else fresh(self.info, self.watchdog, self.limit),
+            call,
+        )
+
+    def extra(self) -> contextlib.AbstractContextManager[Conn]:
+        return self.connection()
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Conn]:
@@ -187,16 +201,6 @@ class PooledControl:
             entry.pid, entry.backend_start = self._sessions.get(id(conn), (entry.pid, None))
             yield conn
 
-    @contextlib.contextmanager
-    def _fresh(self) -> Iterator[Conn]:
-        conn, session = _open_control(self.info, self.watchdog, self.limit)
-        with self.watchdog.watching(conn, limit=self.limit) as entry:
-            entry.pid, entry.backend_start = session
-            try:
-                yield conn
-            finally:
-                self.watchdog.close_connection(conn)
-
     def close(self) -> None:
         """Close the pool; the sessions of its connections are swept with the watchdog's (a connection that
         froze while idle in the pool cannot say goodbye)."""
@@ -204,6 +208,18 @@ class PooledControl:
         for session in self._sessions.values():
             self.watchdog.retire(session)
         self._sessions.clear()
+
+
+@contextlib.contextmanager
+def fresh(info: str, watchdog: Watchdog, limit: float | None) -> Iterator[Conn]:
+    """A control connection of its own for a block, watched, and closed after it."""
+    conn, session = _open_control(info, watchdog, limit)
+    with watchdog.watching(conn, limit=limit) as entry:
+        entry.pid, entry.backend_start = session
+        try:
+            yield conn
+        finally:
+            watchdog.close_connection(conn)
 
 
 def connect(info: str, watchdog: Watchdog) -> Conn:
