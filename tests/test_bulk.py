@@ -40,7 +40,8 @@ def _fleet(url: str) -> list[str]:
                 )
                 conn.execute(
                     sql.SQL(
-                        "INSERT INTO {} (version, name, checksum) SELECT v, %s || v, 'c' || v FROM generate_series(1, %s) v"
+                        "INSERT INTO {} (version, name, checksum) "
+                        "SELECT v, %s || v, 'c' || v FROM generate_series(1, %s) v"
                     ).format(table),
                     (name, i % 4 + 1),
                 )
