@@ -402,6 +402,8 @@ class Watchdog:
 
     def _ended(self, pending: list[Orphan], now: float) -> list[Orphan]:
         """Terminate the pending sessions that are due; return the ones still there and not yet due."""
+        if not pending:
+            return []
         conn = self._probe_connection()
         keys = ([pid for pid, _, _ in pending], [start for _, start, _ in pending])
         self._probe_started = time.monotonic()
