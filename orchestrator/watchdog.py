@@ -199,8 +199,9 @@ class Watchdog:
     def connect_timed_out(self, application_name: str, timeout: float) -> None:
         """A connect of ours timed out: the session it may have left is looked for once it is older than
         ``timeout`` (see ``_STILLBORN``), and terminated."""
-        with self._lock:
-            self._stillborn.append((application_name, timeout, time.monotonic() + STILLBORN_DELAY))
+        with self._lock:  # one entry per name and timeout: the latest one's sweep also finds the older sessions
+            kept = [s for s in self._stillborn if s[:2] != (application_name, timeout)]
+            self._stillborn = [*kept, (application_name, timeout, time.monotonic() + STILLBORN_DELAY)]
         self._start()
 
     def close_connection(self, conn: psycopg.Connection[Any], *, session: db.Session | None = None) -> None:
